@@ -1,0 +1,179 @@
+"""The quantizer interface: two halves that live on the two sides of the cut.
+
+The *encoder* half runs where the tensor is produced (the client for activations, the server
+for gradients). It turns a float tensor into a `Payload`: integer codes plus the side
+information the other side needs. The *decoder* half runs on the receiving side: the
+parameter-free `dequantize(payload)` turns codes back into values, then the decoder module
+applies its learned map (identity for schemes without one).
+
+Inside training, `encoder(x)` returns a `QuantOut` whose `values` equal
+`dequantize(payload)` exactly but carry the straight-through gradient to `x`, so an
+in-process model and a split one over the network see the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One array that crosses the link.
+
+    Integer codes (uint8) are sent packed at `bits` bits each (1..8); float arrays are sent
+    raw, `bits` being their width (16 or 32).
+    """
+
+    data: torch.Tensor
+    bits: int
+
+    @property
+    def numel(self) -> int:
+        return self.data.numel()
+
+    @property
+    def is_codes(self) -> bool:
+        return self.data.dtype == torch.uint8
+
+    @property
+    def ideal_bits(self) -> int:
+        return self.numel * self.bits
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What one quantized tensor sends: `fields[0]` carries the elements, the rest is side
+    information (scales, offsets, masks). `params` are small integers the receiver needs."""
+
+    scheme: str
+    bits: int
+    shape: tuple[int, ...]
+    fields: tuple[Field, ...]
+    params: tuple[int, ...] = ()
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ideal_bits(self) -> int:
+        """Every bit of every field: codes, masks and side information."""
+        return sum(f.ideal_bits for f in self.fields)
+
+    @property
+    def ideal_bytes(self) -> int:
+        return math.ceil(self.ideal_bits / 8)
+
+    @property
+    def side_bits(self) -> int:
+        return sum(f.ideal_bits for f in self.fields[1:])
+
+    def to(self, device) -> "Payload":
+        fields = tuple(Field(f.data.to(device), f.bits) for f in self.fields)
+        return Payload(self.scheme, self.bits, self.shape, fields, self.params)
+
+
+@dataclass
+class QuantOut:
+    """Training-path output of an encoder.
+
+    values: what the receiver reconstructs before its learned map (== dequantize(payload)),
+        differentiable with respect to the encoder's input through the straight-through
+        estimator.
+    payload: what goes on the wire.
+    loss: the scheme's regulariser (the distortion loss of the learned quantizer), 0 otherwise.
+    """
+
+    values: torch.Tensor
+    payload: Payload
+    loss: torch.Tensor
+
+
+def check_features(x: torch.Tensor, what: str = "features") -> None:
+    """Dtype and emptiness checks every encoder runs before any work."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(x.shape)}): nothing to quantize")
+
+
+def check_finite(t: torch.Tensor, what: str = "features") -> None:
+    """Raise if `t` holds NaN or Inf. Encoders call it on statistics they compute anyway
+    (a mean, a max): NaN and Inf in the input propagate into them, so the check is free."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} contain NaN or Inf values")
+
+
+class QuantizerEncoder(nn.Module):
+    """Sender half. Subclasses set `scheme`, `bits_range`, and implement `prepare`,
+    `quantize` and `dequantize`."""
+
+    scheme: ClassVar[str]
+    bits_range: ClassVar[range]
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = self.check_bits(bits)
+
+    @classmethod
+    def check_bits(cls, bits) -> int:
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits not in cls.bits_range:
+            lo, hi = cls.bits_range.start, cls.bits_range.stop - 1
+            raise ValueError(
+                f"bits={bits!r} is out of range for quantizer '{cls.scheme}': "
+                f"allowed {lo}..{hi}" if lo != hi else
+                f"bits={bits!r} is not valid for quantizer '{cls.scheme}': it is {lo} bits"
+            )
+        return bits
+
+    @property
+    def levels(self) -> int:
+        return 2**self.bits
+
+    # --- to implement -------------------------------------------------------------------
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable continuous tensor whose rounding gives the codes (default: x)."""
+        return x.float()
+
+    def quantize(self, x: torch.Tensor, prepared: torch.Tensor) -> Payload:
+        """Codes and side information, computed without gradient."""
+        raise NotImplementedError
+
+    @staticmethod
+    def dequantize(payload: Payload) -> torch.Tensor:
+        raise NotImplementedError
+
+    def regulariser(self, prepared: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return prepared.new_zeros(())
+
+    # --- the two paths ------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> QuantOut:
+        check_features(x)
+        prepared = self.prepare(x)
+        with torch.no_grad():
+            payload = self.quantize(x, prepared.detach())
+            decoded = self.dequantize(payload).to(prepared.dtype)
+        values = decoded + (prepared - prepared.detach())  # straight-through: exact value, identity gradient
+        return QuantOut(values, payload, self.regulariser(prepared, values))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> Payload:
+        """Wire path: the payload only, no autograd graph."""
+        check_features(x)
+        return self.quantize(x, self.prepare(x))
+
+
+class QuantizerDecoder(nn.Module):
+    """Receiver half: the learned map after dequantization (identity unless overridden)."""
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return values

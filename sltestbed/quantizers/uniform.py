@@ -1,0 +1,55 @@
+"""Uniform min-max quantization, per tensor or per channel (last dimension), b = 1..8.
+
+codes = round((x - min) / scale), scale = (max - min) / (L - 1); the receiver gets min and
+scale as float32 side information (one pair per tensor, or per channel). With
+`stochastic=True` rounding is unbiased: floor(v + U[0, 1)), for gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Field, Payload, QuantizerEncoder, check_finite
+
+
+class UniformEncoder(QuantizerEncoder):
+    scheme = "uniform"
+    bits_range = range(1, 9)
+
+    def __init__(self, bits: int, per_channel: bool = False, stochastic: bool = False, seed: int = 0):
+        super().__init__(bits)
+        self.per_channel = bool(per_channel)
+        self.stochastic = bool(stochastic)
+        self.seed = int(seed)
+        self._generator: torch.Generator | None = None
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        if self._generator is None or self._generator.device != like.device:
+            self._generator = torch.Generator(device=like.device).manual_seed(self.seed)
+        return torch.rand(like.shape, generator=self._generator, device=like.device)
+
+    def quantize(self, x: torch.Tensor, prepared: torch.Tensor) -> Payload:
+        v = prepared
+        if self.per_channel:
+            flat = v.reshape(-1, v.shape[-1])
+            lo, hi = flat.amin(0), flat.amax(0)
+        else:
+            lo, hi = torch.aminmax(v)
+        check_finite(lo + hi)
+        top = self.levels - 1
+        scale = (hi - lo) / top
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        t = (v - lo) / scale
+        t = t.add_(self._noise(t)).floor_() if self.stochastic else t.add_(0.5).floor_()
+        codes = t.clamp_(0, top).to(torch.uint8)
+        side = (Field(lo.reshape(-1).float(), 32), Field(scale.reshape(-1).float(), 32))
+        return Payload(self.scheme, self.bits, tuple(v.shape), (Field(codes, self.bits),) + side,
+                       params=(int(self.per_channel),))
+
+    @staticmethod
+    def dequantize(payload: Payload) -> torch.Tensor:
+        codes, lo, scale = (f.data for f in payload.fields)
+        channels = payload.shape[-1] if payload.params and payload.params[0] else 1
+        if lo.numel() != channels or scale.numel() != channels:
+            raise ValueError(f"uniform payload: expected {channels} scales, got {lo.numel()} and {scale.numel()}")
+        return (codes.float().reshape(-1, channels) * scale + lo).reshape(payload.shape)
