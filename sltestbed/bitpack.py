@@ -20,6 +20,29 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"pack width must be 1..8 bits, got {bits!r}")
 
 
+_MAGIC = {
+    1: (torch.int64, sum(1 << (49 - 7 * i) for i in range(8)), 49),
+    2: (torch.int32, 0x41041, 18),
+    4: (torch.int16, 17, 4),
+}
+
+
+def _lane_mask(lo: int, hi: int, lane: int) -> int:
+    """An int64 (as a signed Python int) with bits lo..hi-1 of every `lane`-bit lane set."""
+    m = 0
+    for start in range(0, 64, lane):
+        m |= ((1 << hi) - (1 << lo)) << start
+    return m - (1 << 64) if m >= 1 << 63 else m
+
+
+def _swar_steps(bits: int):
+    """For each lane width L (16, 32, 64): a half lane holds c = L/16 * bits bits of codes at
+    its low end; packing moves the high half's c bits down by L/2 - c, next to the low half's."""
+    for lane in (16, 32, 64):
+        c = lane // 16 * bits
+        yield lane // 2 - c, _lane_mask(0, c, lane), _lane_mask(c, 2 * c, lane)
+
+
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes (each < 2**bits) -> uint8 tensor of ceil(n bits / 8) bytes."""
     _check_bits(bits)
@@ -30,20 +53,21 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if bits == 8:
         return flat.contiguous()
     if 8 % bits == 0:  # whole codes per byte: 1, 2 or 4 bits
+        # Read 8/b codes (one per byte) as one integer word and gather their low bits into one
+        # byte with a single multiply: every code lands at bit SHIFT + b*i of the product,
+        # every cross term below SHIFT (no carry) or above SHIFT + 7 (tests check all words).
+        dtype, magic, shift = _MAGIC[bits]
         per = 8 // bits
-        v = torch.nn.functional.pad(flat, (0, (-n) % per)).view(-1, per)
-        out = torch.empty(v.shape[0], dtype=torch.uint8, device=v.device).copy_(v[:, 0])
-        for i in range(1, per):
-            out |= v[:, i] << (bits * i)
-        return out
-    # 3, 5, 6, 7 bits: 8 codes make `bits` whole bytes; assemble them in an int64
-    v = torch.nn.functional.pad(flat, (0, (-n) % 8)).view(-1, 8).to(torch.int64)
-    acc = torch.empty(v.shape[0], dtype=torch.int64, device=v.device).copy_(v[:, 0])
-    for i in range(1, 8):
-        acc |= v[:, i] << (bits * i)
-    if not _little_endian(acc.device):
-        raise RuntimeError("bit packing assumes a little-endian device")
-    return acc.view(torch.uint8).view(-1, 8)[:, :bits].reshape(-1)[: packed_size(n, bits)].contiguous()
+        v = flat.contiguous() if n % per == 0 else torch.nn.functional.pad(flat, (0, (-n) % per))
+        return ((v.view(dtype) * magic) >> shift).to(torch.uint8)
+    # 3, 5, 6, 7 bits: read 8 codes (one per byte) as one int64 and squeeze out the gaps in
+    # three steps (byte pairs, then 16-bit pairs, then 32-bit pairs), which leaves the 8 codes
+    # in the low 8 b bits: the group's b bytes, little-endian
+    v = flat.contiguous() if n % 8 == 0 else torch.nn.functional.pad(flat, (0, (-n) % 8))
+    w = v.view(torch.int64)
+    for gap, low, high in _swar_steps(bits):
+        w = (w & low) | ((w >> gap) & high)
+    return w.view(torch.uint8).view(-1, 8)[:, :bits].reshape(-1)[: packed_size(n, bits)].contiguous()
 
 
 def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
@@ -62,11 +86,11 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         return ((packed[:, None] >> shifts) & mask).reshape(-1)[:n]
     groups = math.ceil(n / 8)
     raw = torch.zeros(groups, 8, dtype=torch.uint8, device=packed.device)
-    padded = torch.nn.functional.pad(packed, (0, groups * bits - packed.numel())).view(groups, bits)
-    raw[:, :bits] = padded
-    acc = raw.view(torch.int64).view(-1)
-    shifts = torch.arange(0, 8 * bits, bits, device=packed.device, dtype=torch.int64)
-    return ((acc[:, None] >> shifts) & mask).to(torch.uint8).reshape(-1)[:n]
+    raw[:, :bits] = torch.nn.functional.pad(packed, (0, groups * bits - packed.numel())).view(groups, bits)
+    w = raw.view(torch.int64).view(-1)
+    for gap, low, high in reversed(list(_swar_steps(bits))):  # spread the codes back, one per byte
+        w = (w & low) | ((w & high) << gap)
+    return (w.view(torch.uint8) & mask).reshape(-1)[:n]
 
 
 def _little_endian(device) -> bool:

@@ -61,7 +61,7 @@ def header_size(ndim: int, nparams: int, nfields: int) -> int:
 def _field_bytes(field: Field, entropy: bool) -> tuple[int, bytes]:
     data = field.data.detach().reshape(-1)
     if field.is_codes:
-        packed = bitpack.pack(data, field.bits).cpu().numpy().tobytes()
+        packed = memoryview(bitpack.pack(data, field.bits).cpu().numpy())
         if entropy:
             coded = entropy_coding.encode(data.cpu().numpy(), 2**field.bits)
             if len(coded) < len(packed):
@@ -70,7 +70,7 @@ def _field_bytes(field: Field, entropy: bool) -> tuple[int, bytes]:
     kind = _FLOAT_KINDS.get(data.dtype)
     if kind is None or _KIND_DTYPES[kind][1] != field.bits:
         raise ValueError(f"cannot send a field of dtype {data.dtype} at {field.bits} bits")
-    return kind, data.cpu().view(torch.uint8).numpy().tobytes()
+    return kind, memoryview(data.cpu().contiguous().view(torch.uint8).numpy())
 
 
 def encode(payload: Payload, entropy: bool = False) -> Encoded:
@@ -87,9 +87,14 @@ def encode(payload: Payload, entropy: bool = False) -> Encoded:
     for field, (kind, data) in zip(payload.fields, parts):
         head += _FIELD.pack(kind, field.bits, field.numel, len(data))
     total = _PREFIX.size + len(head) + sum(len(d) for _, d in parts) + _CRC.size
-    body = b"".join([_PREFIX.pack(MAGIC, VERSION, total), bytes(head), *(d for _, d in parts)])
-    data = body + _CRC.pack(zlib.crc32(body))
-    return Encoded(data, header_size(ndim, nparams, nfields), tuple(len(d) for _, d in parts))
+    out = bytearray(total)
+    _PREFIX.pack_into(out, 0, MAGIC, VERSION, total)
+    pos = _PREFIX.size
+    for chunk in (head, *(d for _, d in parts)):
+        out[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    _CRC.pack_into(out, pos, zlib.crc32(memoryview(out)[:pos]))
+    return Encoded(bytes(out), header_size(ndim, nparams, nfields), tuple(len(d) for _, d in parts))
 
 
 def decode(buf: bytes | bytearray | memoryview, device: str | torch.device = "cpu",

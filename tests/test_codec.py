@@ -20,6 +20,15 @@ def test_pack_round_trip_and_size(bits, n):
     assert torch.equal(bitpack.unpack(packed, bits, n), codes)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_multiply_packing_is_exact_for_every_word(bits):
+    per = 8 // bits
+    words = torch.cartesian_prod(*[torch.arange(2**bits)] * per).to(torch.uint8)  # every possible word
+    packed = bitpack.pack(words.reshape(-1), bits)
+    expected = sum(words[:, i].long() << (bits * i) for i in range(per))
+    assert torch.equal(packed.long(), expected)
+
+
 def test_pack_bit_order_is_little_endian():
     assert bitpack.pack(torch.tensor([1, 0, 3, 2], dtype=torch.uint8), 2).tolist() == [0b10_11_00_01]
     assert bitpack.pack(torch.tensor([5, 1], dtype=torch.uint8), 3).tolist() == [0b001_101]

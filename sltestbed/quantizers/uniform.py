@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Field, Payload, QuantizerEncoder, check_finite
+from .base import Field, Payload, QuantizerEncoder, affine_codes, check_finite
 
 
 class UniformEncoder(QuantizerEncoder):
@@ -39,9 +39,13 @@ class UniformEncoder(QuantizerEncoder):
         top = self.levels - 1
         scale = (hi - lo) / top
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        t = (v - lo) / scale
-        t = t.add_(self._noise(t)).floor_() if self.stochastic else t.add_(0.5).floor_()
-        codes = t.clamp_(0, top).to(torch.uint8)
+        if self.stochastic or self.per_channel:
+            t = (v - lo) / scale
+            t = t.add_(self._noise(t)).floor_() if self.stochastic else t.add_(0.5).floor_()
+            codes = t.clamp_(0, top).to(torch.uint8)
+        else:  # the common case, as one blocked pass
+            inv = 1.0 / float(scale)
+            codes = affine_codes(v, inv, 0.5 - float(lo) * inv, top)
         side = (Field(lo.reshape(-1).float(), 32), Field(scale.reshape(-1).float(), 32))
         return Payload(self.scheme, self.bits, tuple(v.shape), (Field(codes, self.bits),) + side,
                        params=(int(self.per_channel),))
