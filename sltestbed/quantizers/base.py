@@ -108,7 +108,11 @@ def check_features(x: torch.Tensor, what: str = "features") -> None:
 
 def check_finite(t: torch.Tensor, what: str = "features") -> None:
     """Raise if `t` holds NaN or Inf. Encoders call it on statistics they compute anyway
-    (a mean, a max): NaN and Inf in the input propagate into them, so the check is free."""
+    (a mean, a max): NaN and Inf in the input propagate into them, so the check is free.
+    A large tensor is reduced to its min and max first (one pass, NaN propagates), which is
+    several times faster than a full isfinite mask."""
+    if t.numel() > 1024:
+        t = torch.stack(torch.aminmax(t.detach().float()))
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{what} contain NaN or Inf values")
 

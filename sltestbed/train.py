@@ -1,0 +1,198 @@
+"""Train the TinyLLaVA-style model on a VQA data set, in one process.
+
+    python -m sltestbed.train                                   # centralized reference
+    python -m sltestbed.train --quantizer learned --bits 2      # split, 2-bit learned quantizer
+    python -m sltestbed.train --quantizer learned uniform --bits 1 2 3 4 8 --reference fp32
+                                                                # accuracy-vs-bits table
+
+Without --quantizer it trains the unsplit model end to end (all modules, one stage) and
+reports its held-out accuracy: the reference. With --quantizer it starts from the base
+model (the centralized reference trained once and cached, standing in for a pretrained
+foundation model; --base none trains from scratch instead), cuts it (--cut), puts one
+quantizer per modality at the cut and fine-tunes it with the two-stage regime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+from .data import VQACollator, build_tokenizer, load_dataset, majority_baseline, split_holdout
+from .model import SplitTinyLlava, TinyLlava, preset
+from .model.config import PRESETS
+from .quantizers import SCHEMES, implied_bits
+from .trainer import TensorData, evaluate, stage_regime, train_stage
+
+DEFAULT_CACHE = os.path.join(".cache", "sltestbed")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def prepare_data(dataset: str, seed: int, test_fraction: float, image_size: int):
+    """Held-out split, tokenizer and collator; images rendered or resized to the model's size."""
+    ds = load_dataset(dataset, seed=seed, image_size=image_size)
+    train, test = split_holdout(ds, test_fraction=test_fraction, seed=seed)
+    tokenizer = build_tokenizer([train, test])
+    collator = VQACollator(tokenizer)
+    return train, test, tokenizer, collator
+
+
+def base_key(args) -> str:
+    fields = {k: getattr(args, k) for k in ("dataset", "preset", "seed", "base_epochs", "lr", "batch_size", "test_fraction")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_centralized(args, train_data, test_data, vocab_size: int, epochs: int) -> tuple[TinyLlava, dict]:
+    torch.manual_seed(args.seed)
+    model = TinyLlava(preset(args.preset, vocab_size=vocab_size))
+    losses = train_stage(model, model, train_data, stage_regime("full", epochs, args.lr)[0], args.batch_size,
+                         args.seed, progress=not args.quiet)
+    return model, {"losses": losses, **evaluate(model, test_data)}
+
+
+def base_model(args, train_data, test_data, vocab_size: int) -> str | None:
+    """Directory of the base checkpoint (trained now if not cached), or None for --base none."""
+    if args.base == "none":
+        return None
+    if args.base != "auto":
+        if not os.path.isdir(args.base):
+            raise ValueError(f"--base: no such model directory {args.base!r}")
+        return args.base
+    directory = os.path.join(args.cache_dir, f"base-{base_key(args)}")
+    if os.path.isfile(os.path.join(directory, "model.safetensors")):
+        log(f"base model: cached at {directory}")
+        return directory
+    log(f"base model: training the centralized reference for {args.base_epochs} epochs (cached at {directory})")
+    model, result = train_centralized(args, train_data, test_data, vocab_size, args.base_epochs)
+    model.save_pretrained(directory)
+    log(f"base model: held-out accuracy {result['accuracy']:.4f}")
+    return directory
+
+
+def train_split(args, quantizer: str, bits: int | None, base_dir: str | None, train_data, test_data, vocab_size) -> dict:
+    torch.manual_seed(args.seed)
+    overrides = dict(quantizer=quantizer, bits=bits)
+    model = TinyLlava.from_pretrained(base_dir, **overrides) if base_dir else TinyLlava(
+        preset(args.preset, vocab_size=vocab_size, **overrides))
+    split = SplitTinyLlava(model, cut=args.cut, labels=args.labels)
+    losses = []
+    for stage in stage_regime(args.stages, args.epochs, args.lr):
+        losses += train_stage(split, model, train_data, stage, args.batch_size, args.seed,
+                              distortion_weight=args.distortion_weight, progress=not args.quiet)
+    return {"losses": losses, **evaluate(split, test_data)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="digits-vqa", help="digits-vqa, shapes-vqa or hf:<path>")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30 centralized, 10 split)")
+    p.add_argument("--base-epochs", type=int, default=30, help="epochs of the cached base model")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--quantizer", nargs="+", choices=SCHEMES, help="split training with these quantizers")
+    p.add_argument("--bits", nargs="+", type=int, help="bit widths (each quantizer x each width)")
+    p.add_argument("--reference", nargs="*", default=[], choices=SCHEMES,
+                   help="extra rows at their implied width, e.g. fp32 fp16")
+    p.add_argument("--cut", default="connector", help="'connector' or 'lm:k'")
+    p.add_argument("--labels", default="server", choices=("server", "client"))
+    p.add_argument("--stages", default="two-stage", choices=("full", "two-stage"))
+    p.add_argument("--distortion-weight", type=float, default=0.25)
+    p.add_argument("--base", default="auto", help="'auto' (cached centralized reference), a model directory, or 'none'")
+    p.add_argument("--cache-dir", default=os.environ.get("SLTESTBED_CACHE", DEFAULT_CACHE))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", dest="json_path")
+    p.add_argument("--save", help="save the trained model (single run) to this directory")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    for name in ("base_epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    if not 0 < args.test_fraction < 1:
+        p.error("--test-fraction must be in (0, 1)")
+    if not args.lr > 0:
+        p.error("--lr must be > 0")
+    if args.bits and not args.quantizer:
+        p.error("--bits needs --quantizer")
+    if args.reference and not args.quantizer:
+        args.quantizer = []
+    runs = [(q, b) for q in (args.quantizer or []) for b in (args.bits or [None])]
+    runs += [(q, None) for q in args.reference]
+    try:
+        args.runs = [(q, implied_bits(q, b)) for q, b in runs]
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.epochs is None:
+        args.epochs = 10 if args.runs else args.base_epochs
+    return args
+
+
+def main(argv=None) -> dict:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, test, tokenizer, collator = prepare_data(args.dataset, args.seed, args.test_fraction,
+                                                    PRESETS[args.preset]["image_size"])
+    train_data, test_data = TensorData(train, collator), TensorData(test, collator)
+    vocab = len(tokenizer)
+    baseline = majority_baseline(test)
+    log(f"{args.dataset}: {len(train_data)} training and {len(test_data)} held-out questions, vocabulary {vocab}")
+
+    if not args.runs:
+        model, result = train_centralized(args, train_data, test_data, vocab, args.epochs)
+        if args.save:
+            model.save_pretrained(args.save)
+        runs = [{"mode": "centralized", "quantizer": None, "bits": 32, **result}]
+    else:
+        base_dir = base_model(args, train_data, test_data, vocab)
+        runs = []
+        for quantizer, bits in args.runs:
+            t0 = time.perf_counter()
+            result = train_split(args, quantizer, bits, base_dir, train_data, test_data, vocab)
+            runs.append({"mode": "split", "quantizer": quantizer, "bits": bits, "cut": args.cut,
+                         "seconds": time.perf_counter() - t0, **result})
+            log(f"  {quantizer:8s} {bits:2d} bits: accuracy {result['accuracy']:.4f}")
+
+    seconds = time.perf_counter() - started
+    print_table(runs, baseline)
+    summary = {"accuracy": runs[0]["accuracy"], "accuracy_by_type": runs[0]["accuracy_by_type"], "seconds": seconds,
+               "majority_baseline": baseline, "runs": runs, "dataset": args.dataset, "preset": args.preset,
+               "seed": args.seed, "epochs": args.epochs, "torch": torch.__version__}
+    print(f"wall time {seconds:.1f} s")
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"wrote {args.json_path}")
+    return summary
+
+
+def print_table(runs: list[dict], baseline: dict) -> None:
+    qtypes = sorted(baseline)
+    header = ["mode", "quantizer", "bits", "accuracy"] + qtypes
+    rows = [["majority answer", "", "", ""] + [f"{baseline[q]:.3f}" for q in qtypes]]
+    for r in runs:
+        rows.append([r["mode"], r["quantizer"] or "-", str(r["bits"]), f"{r['accuracy']:.4f}"]
+                    + [f"{r['accuracy_by_type'].get(q, float('nan')):.3f}" for q in qtypes])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()

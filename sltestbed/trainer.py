@@ -1,0 +1,146 @@
+"""Training and evaluation loops shared by the centralized reference and in-process split
+training: which modules train in a stage, batches from pre-collated tensors, AdamW with
+warm-up and cosine decay, exact-match accuracy per question type."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .model import TinyLlava
+
+MODULE_GROUPS = ("vision", "connector", "quantizers", "lm")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: which module groups train, for how long, how fast."""
+
+    name: str
+    trains: tuple[str, ...]
+    epochs: int
+    lr: float
+    warmup: float = 0.03
+
+    def __post_init__(self):
+        unknown = set(self.trains) - set(MODULE_GROUPS)
+        if unknown or not self.trains:
+            raise ValueError(f"stage {self.name!r}: unknown or no module groups {sorted(unknown)}; choose from {MODULE_GROUPS}")
+        if self.epochs < 0 or not self.lr > 0 or not 0 <= self.warmup < 1:
+            raise ValueError(f"stage {self.name!r}: epochs >= 0, lr > 0 and warmup in [0, 1) required")
+
+
+def stage_regime(name: str, epochs: int, lr: float) -> list[Stage]:
+    """Named regimes. 'full': everything trains (the centralized reference, the base model).
+    'two-stage' (Quantized-TinyLLaVA): stage 1 aligns connector and quantizers with the
+    language model and vision tower frozen; stage 2 also fine-tunes the language model at a
+    lower rate. Epochs are split evenly between the two stages."""
+    if name == "full":
+        return [Stage("full", MODULE_GROUPS, epochs, lr)]
+    if name == "two-stage":
+        first = max(1, epochs // 2)
+        return [Stage("align", ("connector", "quantizers"), first, lr, warmup=0.02),
+                Stage("finetune", ("connector", "quantizers", "lm"), epochs - first, lr / 4, warmup=0.03)]
+    raise ValueError(f"unknown stage regime {name!r}: choose 'full' or 'two-stage'")
+
+
+def module_group(model: TinyLlava, group: str) -> list[nn.Module]:
+    return {
+        "vision": [model.vision], "connector": [model.connector],
+        "quantizers": [model.quant_encoders, model.quant_decoders], "lm": [model.lm],
+    }[group]
+
+
+def set_trainable(model: TinyLlava, groups) -> list[nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = []
+    for group in groups:
+        for module in module_group(model, group):
+            for p in module.parameters():
+                p.requires_grad_(True)
+                params.append(p)
+    return params
+
+
+class TensorData:
+    """A whole (small) data set collated once into tensors; batches are index slices."""
+
+    def __init__(self, dataset, collator):
+        if len(dataset) == 0:
+            raise ValueError("empty data set")
+        batch = collator([dataset[i] for i in range(len(dataset))])
+        self.pixel_values, self.input_ids = batch["pixel_values"], batch["input_ids"]
+        self.lengths, self.labels = batch["lengths"], batch["labels"]
+        self.qtypes = sorted(set(batch["qtype"]))
+        self.qtype_index = torch.tensor([self.qtypes.index(q) for q in batch["qtype"]])
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            idx = order[start : start + batch_size]
+            yield {"pixel_values": self.pixel_values[idx], "input_ids": self.input_ids[idx],
+                   "lengths": self.lengths[idx], "labels": self.labels[idx], "qtype_index": self.qtype_index[idx]}
+
+
+def forward_fn(model: nn.Module):
+    """(logits, auxiliary loss) for a batch, from an unsplit model or a SplitTinyLlava."""
+    def run(batch):
+        out = model(batch["pixel_values"], batch["input_ids"], batch["lengths"])
+        return out if isinstance(out, tuple) else (out, out.new_zeros(()))
+    return run
+
+
+def train_stage(model: nn.Module, base: TinyLlava, data: TensorData, stage: Stage, batch_size: int,
+                seed: int, distortion_weight: float = 0.25, progress: bool = True, weight_decay: float = 0.01):
+    """Train `model` (unsplit or split; its weights live in `base`) for one stage. Returns the
+    mean training loss of each epoch."""
+    params = set_trainable(base, stage.trains)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay)
+    steps = stage.epochs * -(-len(data) // batch_size)
+    schedule = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup * steps), max(steps, 1))
+    generator = torch.Generator().manual_seed(seed)
+    run = forward_fn(model)
+    losses = []
+    model.train()
+    bar = tqdm(total=steps, desc=stage.name, disable=not progress, leave=False, mininterval=1.0)
+    for _ in range(stage.epochs):
+        total, count = 0.0, 0
+        for batch in data.batches(batch_size, shuffle=True, generator=generator):
+            logits, aux = run(batch)
+            loss = nn.functional.cross_entropy(logits, batch["labels"]) + distortion_weight * aux
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * batch["labels"].numel()
+            count += batch["labels"].numel()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        losses.append(total / count)
+    bar.close()
+    return losses
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 256) -> dict:
+    """Exact-match accuracy of the greedy one-token answer, overall and per question type."""
+    model.eval()
+    run = forward_fn(model)
+    correct = torch.zeros(len(data.qtypes))
+    seen = torch.zeros(len(data.qtypes))
+    for batch in data.batches(batch_size):
+        logits, _ = run(batch)
+        hit = (logits.argmax(-1) == batch["labels"]).float()
+        correct.index_add_(0, batch["qtype_index"], hit)
+        seen.index_add_(0, batch["qtype_index"], torch.ones_like(hit))
+    by_type = {q: float(c / s) for q, c, s in zip(data.qtypes, correct, seen) if s > 0}
+    return {"accuracy": float(correct.sum() / seen.sum()), "accuracy_by_type": by_type}

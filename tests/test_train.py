@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from sltestbed import train
+from sltestbed.model import TinyLlava, preset
+from sltestbed.trainer import Stage, set_trainable, stage_regime
+
+TINY = ["--preset", "tiny", "--quiet", "--batch-size", "128"]
+
+
+def test_centralized_reference_writes_its_json(tmp_path):
+    out = tmp_path / "r.json"
+    summary = train.main(TINY + ["--epochs", "2", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert data["accuracy"] == summary["accuracy"]
+    assert 0 <= data["accuracy"] <= 1 and data["seconds"] > 0
+    assert set(data["accuracy_by_type"]) == {"digit", "parity", "greater", "less"}
+    assert data["runs"][0]["mode"] == "centralized"
+    assert data["runs"][0]["losses"][1] < data["runs"][0]["losses"][0]
+
+
+def test_same_seed_same_result():
+    a = train.main(TINY + ["--epochs", "1", "--seed", "3"])
+    b = train.main(TINY + ["--epochs", "1", "--seed", "3"])
+    assert a["runs"][0]["losses"] == b["runs"][0]["losses"] and a["accuracy"] == b["accuracy"]
+
+
+def test_split_runs_start_from_a_cached_base(tmp_path, capsys):
+    args = TINY + ["--cache-dir", str(tmp_path), "--base-epochs", "1", "--epochs", "2",
+                   "--quantizer", "learned", "uniform", "--bits", "2", "--reference", "fp32"]
+    summary = train.main(args)
+    assert [(r["quantizer"], r["bits"]) for r in summary["runs"]] == [("learned", 2), ("uniform", 2), ("fp32", 32)]
+    assert all(0 <= r["accuracy"] <= 1 and len(r["losses"]) == 2 for r in summary["runs"])
+    assert len(list(tmp_path.glob("base-*/model.safetensors"))) == 1
+    capsys.readouterr()
+    train.main(args[:-7] + ["--quantizer", "learned", "--bits", "1"])
+    assert "cached" in capsys.readouterr().err
+
+
+def test_two_stage_regime_freezes_the_language_model_first():
+    model = TinyLlava(preset("tiny", quantizer="learned", bits=2))
+    align, finetune = stage_regime("two-stage", 4, 1e-3)
+    trained = {id(p) for p in set_trainable(model, align.trains)}
+    assert not any(id(p) in trained for p in model.lm.parameters())
+    assert not any(id(p) in trained for p in model.vision.parameters())
+    assert all(id(p) in trained for p in model.connector.parameters())
+    assert all(id(p) in trained for p in model.quant_encoders.parameters())
+    trained = {id(p) for p in set_trainable(model, finetune.trains)}
+    assert all(id(p) in trained for p in model.lm.parameters())
+    assert all(p.requires_grad == (id(p) in trained) for p in model.parameters())
+    assert finetune.lr < align.lr and align.epochs + finetune.epochs == 4
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--bits", "2"], "--bits needs --quantizer"),
+    (["--quantizer", "fp16", "--bits", "8"], "16 bits"),
+    (["--quantizer", "nf", "--bits", "1"], "out of range"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--test-fraction", "1.5"], "--test-fraction"),
+])
+def test_bad_arguments_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_bad_stage_and_regime():
+    with pytest.raises(ValueError, match="unknown or no module groups"):
+        Stage("x", ("decoder",), 1, 1e-3)
+    with pytest.raises(ValueError, match="unknown stage regime"):
+        stage_regime("three-stage", 3, 1e-3)
+
+
+def test_missing_base_directory():
+    with pytest.raises(ValueError, match="no such model directory"):
+        train.main(TINY + ["--quantizer", "learned", "--bits", "2", "--base", "/no/such/base"])
