@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 experiment: $(STAMP)
-	$(BIN)/python -m sltestbed.bench
+	$(BIN)/python -m sltestbed.train --quantizer learned --bits 2 --reference fp32
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
