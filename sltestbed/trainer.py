@@ -86,9 +86,14 @@ class TensorData:
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
-            idx = order[start : start + batch_size]
-            yield {"pixel_values": self.pixel_values[idx], "input_ids": self.input_ids[idx],
-                   "lengths": self.lengths[idx], "labels": self.labels[idx], "qtype_index": self.qtype_index[idx]}
+            yield self.batch(order[start : start + batch_size])
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        """Rows `idx`, question tokens trimmed to the longest in the batch (trailing padding
+        never reaches the answer position of a causal model, so it need not be sent)."""
+        lengths = self.lengths[idx]
+        return {"pixel_values": self.pixel_values[idx], "input_ids": self.input_ids[idx, : int(lengths.max())],
+                "lengths": lengths, "labels": self.labels[idx], "qtype_index": self.qtype_index[idx]}
 
 
 def forward_fn(model: nn.Module):

@@ -1,0 +1,267 @@
+"""Split-learning roles: what the client and the server each compute in a training step.
+
+Flower-free: a transport (the Flower app, or a test in one process) moves the payloads.
+
+    client.forward()                  -> activations (Payload per modality), lengths, labels
+    server.forward([inputs...])       -> logits per client (graph kept)
+      labels at the server:  server.backward_from_labels([labels...])     -> gradients per client
+      labels at the client:  client.loss_and_logit_grad(logits)           -> loss, d loss / d logits
+                             server.backward_from_logit_grads([dlogits])  -> gradients per client
+    client.backward(gradients)        -> the client part steps
+
+Each side has its own AdamW and schedule over the parameters it holds; per-parameter
+optimizers, so the pair trains exactly like one optimizer over the whole model.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import get_cosine_schedule_with_warmup
+
+from .model import ClientPart, ServerPart, TinyLlava
+from .quantizers import Payload, build_quantizer, dequantize
+from .trainer import TensorData, set_trainable
+
+GRADIENT_SCHEMES = ("fp32", "fp16", "bf16", "uniform", "nf", "topk")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float
+    total_steps: int
+    warmup: float = 0.03
+    weight_decay: float = 0.01
+
+    def build(self, params):
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup * self.total_steps), max(self.total_steps, 1))
+        return optimizer, schedule
+
+
+class BatchCursor:
+    """Batches over n rows, epoch after epoch, each epoch in a fresh seeded random order
+    (the same draws as `TensorData.batches(shuffle=True)` with one generator)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: torch.Tensor | None = None
+        self.position = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def next(self) -> torch.Tensor:
+        if self.order is None or self.position >= self.n:
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.position = 0
+        idx = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return idx
+
+    def state(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"], state["position"]
+
+
+def gradient_encoder(scheme: str, bits: int | None, seed: int = 0):
+    """Quantizer for gradients sent down: no learned part; uniform rounds stochastically."""
+    if scheme not in GRADIENT_SCHEMES:
+        raise ValueError(f"gradient quantizer {scheme!r} not allowed: choose one of {', '.join(GRADIENT_SCHEMES)}")
+    options = {"stochastic": True, "seed": seed} if scheme == "uniform" else {}
+    return build_quantizer(scheme, bits, **options)[0]
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class ClientRole:
+    def __init__(self, model: TinyLlava, cut_layers: int, data: TensorData, *, batch_size: int, seed: int,
+                 optim: OptimConfig, trainable=("vision", "connector", "quantizers", "lm"),
+                 distortion_weight: float = 0.25):
+        set_trainable(model, trainable)
+        self.model = model
+        self.part = ClientPart(model, cut_layers)
+        self.data = data
+        self.cursor = BatchCursor(len(data), batch_size, seed)
+        self.optimizer, self.schedule = optim.build(_trainable(self.part))
+        self.distortion_weight = distortion_weight
+        self.pending = None  # (batch rows, quantizer outputs) of the forward awaiting its gradient
+        self.steps = 0
+
+    # --- training -------------------------------------------------------------------------
+    def forward(self) -> dict:
+        idx = self.cursor.next()
+        return self._forward(idx)
+
+    def _forward(self, idx: torch.Tensor) -> dict:
+        batch = self.data.batch(idx)
+        self.part.train()
+        outs = self.part(batch["pixel_values"], batch["input_ids"])
+        self.pending = (idx, outs, batch)
+        return {"payloads": {m: o.payload for m, o in outs.items()}, "lengths": batch["lengths"],
+                "labels": batch["labels"]}
+
+    def backward(self, gradients: dict[str, torch.Tensor]) -> None:
+        """Apply d loss / d (dequantized values) per modality through the straight-through
+        estimator, plus this side's distortion loss, and step."""
+        if self.pending is None:
+            raise RuntimeError("client received a gradient but has no forward pass waiting for one")
+        _, outs, _ = self.pending
+        for m, g in gradients.items():
+            if g.shape != outs[m].values.shape:
+                raise ValueError(f"gradient for {m} has shape {tuple(g.shape)}, activations {tuple(outs[m].values.shape)}")
+        surrogate = sum((outs[m].values * gradients[m].to(outs[m].values.dtype)).sum() for m in gradients)
+        surrogate = surrogate + self.distortion_weight * sum(o.loss for o in outs.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if surrogate.requires_grad:
+            surrogate.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        self.pending = None
+        self.steps += 1
+
+    def loss_and_logit_grad(self, logits: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Labels kept here: the loss of this client's batch and its gradient w.r.t. the logits."""
+        if self.pending is None:
+            raise RuntimeError("client received logits but has no forward pass waiting")
+        labels = self.pending[2]["labels"]
+        leaf = logits.detach().float().requires_grad_(True)
+        loss = nn.functional.cross_entropy(leaf, labels)
+        loss.backward()
+        return float(loss.detach()), leaf.grad
+
+    # --- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_forward(self, data: TensorData) -> dict:
+        """Quantized features of a whole evaluation shard."""
+        self.part.eval()
+        batch = data.batch(torch.arange(len(data)))
+        outs = self.part(batch["pixel_values"], batch["input_ids"])
+        return {"payloads": {m: o.payload for m, o in outs.items()}, "lengths": batch["lengths"],
+                "labels": batch["labels"], "qtype_index": batch["qtype_index"]}
+
+    # --- state ----------------------------------------------------------------------------
+    def state_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save({"part": self.part.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(), "cursor": self.cursor.state(),
+                    "pending": None if self.pending is None else self.pending[0], "steps": self.steps}, buf)
+        return buf.getvalue()
+
+    def load_state_bytes(self, data: bytes) -> None:
+        state = torch.load(io.BytesIO(data), weights_only=False)
+        self.part.load_state_dict(state["part"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.cursor.load_state(state["cursor"])
+        self.steps = state["steps"]
+        self.pending = None
+        if state["pending"] is not None:  # rebuild the graph the gradient will flow through
+            self._forward(state["pending"])
+
+    def part_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.part.state_dict().items()}
+
+    def load_part_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.part.load_state_dict(state)
+
+
+class ServerRole:
+    def __init__(self, model: TinyLlava, cut_layers: int, *, optim: OptimConfig,
+                 trainable=("vision", "connector", "quantizers", "lm"), grad_scheme: str = "fp32",
+                 grad_bits: int | None = None, seed: int = 0):
+        set_trainable(model, trainable)
+        self.model = model
+        self.part = ServerPart(model, cut_layers, with_head=True)
+        self.optimizer, self.schedule = optim.build(_trainable(self.part))
+        self.grad_encoder = gradient_encoder(grad_scheme, grad_bits, seed)
+        self.inputs = None
+        self.logits = None
+        self.steps = 0
+
+    def forward(self, inputs: list[dict]) -> list[torch.Tensor]:
+        """inputs: per client {"image": values, "text": values, "lengths": ...} (dequantized).
+        All clients in one batch, one forward; returns each client's logits slice."""
+        self.part.train()
+        leaves = [{m: x[m].detach().float().requires_grad_(True) for m in ("image", "text")} for x in inputs]
+        logits = self._logits(leaves, inputs)
+        self.inputs, self.logits = leaves, logits
+        return list(logits.detach().split([len(x["lengths"]) for x in inputs]))
+
+    def _logits(self, leaves, inputs) -> torch.Tensor:
+        text_len = max(x["text"].shape[1] for x in leaves)
+        image = torch.cat([x["image"] for x in leaves])
+        text = torch.cat([nn.functional.pad(x["text"], (0, 0, 0, text_len - x["text"].shape[1])) for x in leaves])
+        lengths = torch.cat([x["lengths"] for x in inputs])
+        return self.part(image, text, lengths)
+
+    def backward_from_labels(self, labels: list[torch.Tensor]) -> tuple[float, list[Payload]]:
+        loss = nn.functional.cross_entropy(self.logits, torch.cat(labels))
+        self._step(loss)
+        return float(loss.detach()), self._gradients()
+
+    def backward_from_logit_grads(self, dlogits: list[torch.Tensor]) -> list[Payload]:
+        """Each client's d L_k / d logits_k; the server loss is sum_k (b_k / B) L_k."""
+        sizes = torch.tensor([g.shape[0] for g in dlogits], dtype=torch.float32)
+        weights = sizes / sizes.sum()
+        grad = torch.cat([g * w for g, w in zip(dlogits, weights)])
+        self._step(None, grad)
+        return self._gradients()
+
+    def _step(self, loss, grad=None) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss is not None:
+            loss.backward()
+        else:
+            self.logits.backward(grad)
+        self.optimizer.step()
+        self.schedule.step()
+        self.steps += 1
+
+    def _gradients(self) -> list[Payload]:
+        """d loss / d (dequantized values), per client and modality, quantized for the way down."""
+        grads = [{m: self.grad_encoder.encode(leaf[m].grad) for m in ("image", "text")} for leaf in self.inputs]
+        self.inputs, self.logits = None, None
+        return grads
+
+    @torch.no_grad()
+    def predict(self, inputs: list[dict]) -> list[torch.Tensor]:
+        self.part.eval()
+        leaves = [{m: x[m].float() for m in ("image", "text")} for x in inputs]
+        return list(self._logits(leaves, inputs).split([len(x["lengths"]) for x in inputs]))
+
+    def part_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.part.state_dict().items()}
+
+    def load_part_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.part.load_state_dict(state)
+
+    def copy(self) -> "ServerRole":
+        """An independent server-part copy (SplitFed v1: one per client)."""
+        return copy.deepcopy(self)
+
+
+def dequantized(payloads: dict[str, Payload]) -> dict[str, torch.Tensor]:
+    return {m: dequantize(p) for m, p in payloads.items()}
+
+
+def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Weighted average of state dicts (FedAvg's aggregation)."""
+    if not states or len(states) != len(weights) or sum(weights) <= 0:
+        raise ValueError("fedavg needs states with positive total weight")
+    total = float(sum(weights))
+    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights)).to(states[0][k].dtype)
+            for k in states[0]}

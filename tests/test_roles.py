@@ -1,0 +1,117 @@
+import copy
+
+import pytest
+import torch
+
+from sltestbed.data import VQACollator, build_tokenizer, make_digits_vqa
+from sltestbed.model import TinyLlava, preset
+from sltestbed.roles import BatchCursor, ClientRole, OptimConfig, ServerRole, dequantized, fedavg
+from sltestbed.trainer import MODULE_GROUPS, Stage, TensorData, train_stage
+
+BATCH, LR, SEED = 32, 3e-3, 5
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = make_digits_vqa(image_size=8).select(range(200))
+    return TensorData(ds, VQACollator(build_tokenizer([ds])))
+
+
+def new_model(data, **changes):
+    torch.manual_seed(0)
+    return TinyLlava(preset("tiny", vocab_size=int(data.labels.max()) + 10, **changes))
+
+
+def split_step(client, server, labels="server"):
+    out = client.forward()
+    inputs = [{**dequantized(out["payloads"]), "lengths": out["lengths"]}]
+    logits = server.forward(inputs)
+    if labels == "server":
+        _, grads = server.backward_from_labels([out["labels"]])
+    else:
+        _, dlogits = client.loss_and_logit_grad(logits[0])
+        grads = server.backward_from_logit_grads([dlogits])
+    client.backward(dequantized(grads[0]))
+
+
+def roles(model, data, steps, cut=0, **server_options):
+    optim = OptimConfig(LR, steps)
+    return (ClientRole(model, cut, data, batch_size=BATCH, seed=SEED, optim=optim),
+            ServerRole(model, cut, optim=optim, **server_options))
+
+
+def max_diff(a, b):
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("cut", [0, 1])
+def test_split_roles_train_exactly_like_the_centralized_trainer(data, cut):
+    reference = new_model(data)
+    split = copy.deepcopy(reference)
+    steps = -(-len(data) // BATCH)
+    train_stage(reference, reference, data, Stage("full", MODULE_GROUPS, 1, LR), BATCH, SEED, progress=False)
+    client, server = roles(split, data, steps, cut)
+    for _ in range(steps):
+        split_step(client, server)
+    assert max_diff(reference, split) <= 1e-4
+    assert max_diff(reference, new_model(data)) > 1e-3  # and training did move the weights
+
+
+def test_labels_on_the_client_give_the_same_training(data):
+    a, b = new_model(data), new_model(data)
+    ca, sa = roles(a, data, 4)
+    cb, sb = roles(b, data, 4)
+    for _ in range(4):
+        split_step(ca, sa, "server")
+        split_step(cb, sb, "client")
+    assert max_diff(a, b) <= 1e-5
+
+
+def test_client_state_restores_mid_step(data):
+    a, b = new_model(data, quantizer="learned", bits=2), new_model(data, quantizer="learned", bits=2)
+    ca, sa = roles(a, data, 10)
+    cb, sb = roles(b, data, 10)
+    for _ in range(3):
+        split_step(ca, sa)
+        split_step(cb, sb)
+    # a forward is pending on b's client when its state is saved and restored into a fresh role
+    out = cb.forward()
+    saved = cb.state_bytes()
+    fresh, _ = roles(new_model(data, quantizer="learned", bits=2), data, 10)
+    fresh.part.load_state_dict(cb.part.state_dict())
+    fresh.load_state_bytes(saved)
+    logits = sb.forward([{**dequantized(out["payloads"]), "lengths": out["lengths"]}])
+    _, grads = sb.backward_from_labels([out["labels"]])
+    fresh.backward(dequantized(grads[0]))
+    split_step(ca, sa)
+    assert max((p - q).abs().max().item() for p, q in zip(ca.part.parameters(), fresh.part.parameters())) <= 1e-6
+    assert fresh.steps == ca.steps == 4
+
+
+def test_compressed_gradients_go_down(data):
+    model = new_model(data)
+    client, server = roles(model, data, 2, grad_scheme="uniform", grad_bits=8)
+    out = client.forward()
+    server.forward([{**dequantized(out["payloads"]), "lengths": out["lengths"]}])
+    _, grads = server.backward_from_labels([out["labels"]])
+    assert grads[0]["image"].scheme == "uniform" and grads[0]["image"].bits == 8
+    client.backward(dequantized(grads[0]))
+    with pytest.raises(ValueError, match="gradient quantizer 'learned' not allowed"):
+        ServerRole(model, 0, optim=OptimConfig(LR, 1), grad_scheme="learned", grad_bits=2)
+
+
+def test_batch_cursor_matches_tensor_data_order(data):
+    cursor = BatchCursor(len(data), BATCH, SEED)
+    g = torch.Generator().manual_seed(SEED)
+    for _ in range(2):  # two epochs
+        order = torch.randperm(len(data), generator=g)
+        for start in range(0, len(data), BATCH):
+            assert torch.equal(cursor.next(), order[start : start + BATCH])
+
+
+def test_fedavg_weights():
+    a = {"w": torch.tensor([0.0, 2.0])}
+    b = {"w": torch.tensor([4.0, 6.0])}
+    assert torch.equal(fedavg([a, b], [1, 3])["w"], torch.tensor([3.0, 5.0]))
+    with pytest.raises(ValueError):
+        fedavg([], [])
