@@ -97,6 +97,36 @@ def encode(payload: Payload, entropy: bool = False) -> Encoded:
     return Encoded(bytes(out), header_size(ndim, nparams, nfields), tuple(len(d) for _, d in parts))
 
 
+@dataclass(frozen=True)
+class Description:
+    """What a payload holds, read from its header alone (no checksum, no decoding)."""
+
+    scheme: str
+    bits: int
+    shape: tuple[int, ...]
+    ideal_bits: int  # every field: codes at their width, side information, masks
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def describe(buf: bytes | bytearray | memoryview) -> Description:
+    """Scheme, bits, shape and ideal size of an encoded payload, for accounting."""
+    buf = memoryview(buf)
+    if len(buf) < _PREFIX.size + _HEAD.size:
+        raise ValueError(f"payload truncated: {len(buf)} bytes is shorter than any header")
+    pos = _PREFIX.size
+    scheme_id, bits, ndim, nparams, nfields = _HEAD.unpack_from(buf, pos)
+    pos += _HEAD.size
+    if scheme_id >= len(SCHEMES) or len(buf) < pos + 4 * (ndim + nparams) + _FIELD.size * nfields:
+        raise ValueError("payload header is corrupted or truncated")
+    shape = struct.unpack_from(f"<{ndim}I", buf, pos)
+    pos += 4 * (ndim + nparams)
+    table = [_FIELD.unpack_from(buf, pos + i * _FIELD.size) for i in range(nfields)]
+    return Description(SCHEMES[scheme_id], bits, tuple(shape), sum(fbits * numel for _, fbits, numel, _ in table))
+
+
 def decode(buf: bytes | bytearray | memoryview, device: str | torch.device = "cpu",
            expect_scheme: str | None = None, expect_shape=None) -> Payload:
     """Bytes back to the exact payload; ValueError on a truncated, corrupted or foreign

@@ -213,13 +213,15 @@ class ServerRole:
         self._step(loss)
         return float(loss.detach()), self._gradients()
 
-    def backward_from_logit_grads(self, dlogits: list[torch.Tensor]) -> list[Payload]:
-        """Each client's d L_k / d logits_k; the server loss is sum_k (b_k / B) L_k."""
-        sizes = torch.tensor([g.shape[0] for g in dlogits], dtype=torch.float32)
-        weights = sizes / sizes.sum()
-        grad = torch.cat([g * w for g, w in zip(dlogits, weights)])
+    def backward_from_logit_grads(self, dlogits: list[torch.Tensor | None]) -> list[Payload | None]:
+        """Each client's d L_k / d logits_k; the server loss is sum_k (b_k / B) L_k over the
+        clients that answered (None: a client whose loss never came; it contributes nothing
+        and gets no gradient)."""
+        slices = self.logits.detach().split([x["image"].shape[0] for x in self.inputs])
+        total = sum(g.shape[0] for g in dlogits if g is not None)
+        grad = torch.cat([torch.zeros_like(s) if g is None else g * (g.shape[0] / total) for s, g in zip(slices, dlogits)])
         self._step(None, grad)
-        return self._gradients()
+        return [None if g is None else p for g, p in zip(dlogits, self._gradients())]
 
     def _step(self, loss, grad=None) -> None:
         self.optimizer.zero_grad(set_to_none=True)

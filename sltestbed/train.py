@@ -18,8 +18,10 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -45,34 +47,65 @@ def prepare_data(dataset: str, seed: int, test_fraction: float, image_size: int)
     return train, test, tokenizer, collator
 
 
-def base_key(args) -> str:
-    fields = {k: getattr(args, k) for k in ("dataset", "preset", "seed", "base_epochs", "lr", "batch_size", "test_fraction")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+def model_config(args, **overrides):
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    return preset(args.preset, **overrides)
 
 
-def train_centralized(args, train_data, test_data, vocab_size: int, epochs: int) -> tuple[TinyLlava, dict]:
-    torch.manual_seed(args.seed)
-    model = TinyLlava(preset(args.preset, vocab_size=vocab_size))
-    losses = train_stage(model, model, train_data, stage_regime("full", epochs, args.lr)[0], args.batch_size,
-                         args.seed, progress=not args.quiet)
+@dataclass(frozen=True)
+class BaseSpec:
+    """What the base model (the centralized reference split training starts from) is trained
+    on and how; its hash names the cache directory."""
+
+    dataset: str
+    preset: str
+    image_size: int | None
+    seed: int
+    epochs: int
+    lr: float
+    batch_size: int
+    test_fraction: float
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def base_spec(args) -> BaseSpec:
+    return BaseSpec(args.dataset, args.preset, args.image_size, args.seed, args.base_epochs, args.lr, args.batch_size,
+                    args.test_fraction)
+
+
+def train_centralized(spec: BaseSpec, train_data, test_data, vocab_size: int, progress: bool = True):
+    torch.manual_seed(spec.seed)
+    model = TinyLlava(model_config(spec, vocab_size=vocab_size))
+    losses = train_stage(model, model, train_data, stage_regime("full", spec.epochs, spec.lr)[0], spec.batch_size,
+                         spec.seed, progress=progress)
     return model, {"losses": losses, **evaluate(model, test_data)}
 
 
-def base_model(args, train_data, test_data, vocab_size: int) -> str | None:
-    """Directory of the base checkpoint (trained now if not cached), or None for --base none."""
-    if args.base == "none":
+def ensure_base_model(base: str, spec: BaseSpec, cache_dir: str, train_data, test_data, vocab_size: int,
+                      progress: bool = True) -> str | None:
+    """Directory of the base checkpoint: `base` itself if it is a directory, None for 'none',
+    and for 'auto' the centralized reference of `spec`, trained now unless cached."""
+    if base == "none":
         return None
-    if args.base != "auto":
-        if not os.path.isdir(args.base):
-            raise ValueError(f"--base: no such model directory {args.base!r}")
-        return args.base
-    directory = os.path.join(args.cache_dir, f"base-{base_key(args)}")
+    if base != "auto":
+        if not os.path.isdir(base):
+            raise ValueError(f"base: no such model directory {base!r}")
+        return base
+    directory = os.path.join(cache_dir, f"base-{spec.key()}")
     if os.path.isfile(os.path.join(directory, "model.safetensors")):
         log(f"base model: cached at {directory}")
         return directory
-    log(f"base model: training the centralized reference for {args.base_epochs} epochs (cached at {directory})")
-    model, result = train_centralized(args, train_data, test_data, vocab_size, args.base_epochs)
-    model.save_pretrained(directory)
+    log(f"base model: training the centralized reference for {spec.epochs} epochs (cached at {directory})")
+    model, result = train_centralized(spec, train_data, test_data, vocab_size, progress)
+    tmp = f"{directory}.tmp-{os.getpid()}"  # written aside, then renamed: readers never see half a model
+    model.save_pretrained(tmp)
+    if os.path.exists(directory):  # another process got there first
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, directory)
     log(f"base model: held-out accuracy {result['accuracy']:.4f}")
     return directory
 
@@ -81,7 +114,7 @@ def train_split(args, quantizer: str, bits: int | None, base_dir: str | None, tr
     torch.manual_seed(args.seed)
     overrides = dict(quantizer=quantizer, bits=bits)
     model = TinyLlava.from_pretrained(base_dir, **overrides) if base_dir else TinyLlava(
-        preset(args.preset, vocab_size=vocab_size, **overrides))
+        model_config(args, vocab_size=vocab_size, **overrides))
     split = SplitTinyLlava(model, cut=args.cut, labels=args.labels)
     losses = []
     for stage in stage_regime(args.stages, args.epochs, args.lr):
@@ -95,6 +128,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits-vqa", help="digits-vqa, shapes-vqa or hf:<path>")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--image-size", type=int, help="override the preset's image size (a multiple of its patch size)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30 centralized, 10 split)")
     p.add_argument("--base-epochs", type=int, default=30, help="epochs of the cached base model")
     p.add_argument("--batch-size", type=int, default=64)
@@ -146,19 +180,21 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     train, test, tokenizer, collator = prepare_data(args.dataset, args.seed, args.test_fraction,
-                                                    PRESETS[args.preset]["image_size"])
+                                                    args.image_size or PRESETS[args.preset]["image_size"])
     train_data, test_data = TensorData(train, collator), TensorData(test, collator)
     vocab = len(tokenizer)
     baseline = majority_baseline(test)
     log(f"{args.dataset}: {len(train_data)} training and {len(test_data)} held-out questions, vocabulary {vocab}")
 
     if not args.runs:
-        model, result = train_centralized(args, train_data, test_data, vocab, args.epochs)
+        model, result = train_centralized(replace(base_spec(args), epochs=args.epochs), train_data, test_data, vocab,
+                                          not args.quiet)
         if args.save:
             model.save_pretrained(args.save)
         runs = [{"mode": "centralized", "quantizer": None, "bits": 32, **result}]
     else:
-        base_dir = base_model(args, train_data, test_data, vocab)
+        base_dir = ensure_base_model(args.base, base_spec(args), args.cache_dir, train_data, test_data, vocab,
+                                     not args.quiet)
         runs = []
         for quantizer, bits in args.runs:
             t0 = time.perf_counter()

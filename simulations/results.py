@@ -1,0 +1,66 @@
+"""Writing a run's results: config.json, ledger.csv, metrics.csv, summary.json, and the
+summary table printed at the end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from dataclasses import asdict
+from importlib.metadata import version
+
+PACKAGES = ("flwr", "torch", "transformers", "numpy", "constriction", "sltestbed")
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except Exception:  # not installed as a distribution
+            out[name] = None
+    return out
+
+
+def write_results(directory: str, cfg, strategy, seconds: float) -> dict:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"config": cfg.to_dict(), "seed": cfg.seed, "versions": package_versions(),
+                   "base_model": strategy.base_dir, "clients": [asdict(c) for c in strategy.clients]}, f, indent=2)
+    strategy.ledger.write_csv(os.path.join(directory, "ledger.csv"))
+    with open(os.path.join(directory, "metrics.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["round", "loss", "accuracy", "bytes_up", "bytes_down", "round_trips", "failures", "seconds"])
+        for r in strategy.rounds:
+            writer.writerow([r.round, r.loss, r.accuracy, r.bytes_up, r.bytes_down, r.round_trips, r.failures,
+                             round(r.seconds, 3)])
+    last = strategy.rounds[-1]
+    summary = {
+        "accuracy": last.accuracy, "accuracy_by_type": last.accuracy_by_type,
+        "strategy": cfg.strategy, "quantizer": cfg.quantizer, "bits": cfg.act_bits,
+        "grad_quantizer": cfg.grad_quantizer, "grad_bits": cfg.gradient_bits, "labels": cfg.labels,
+        "entropy_coding": cfg.entropy_coding, "seed": cfg.seed, "num_rounds": cfg.num_rounds,
+        "clients": len(strategy.clients), "round_trips": strategy.round_trips, "seconds": seconds,
+        "failures": [asdict(f) for f in strategy.failures],
+        "bytes": strategy.ledger.totals(),
+    }
+    with open(os.path.join(directory, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def summary_table(summary: dict, directory: str) -> str:
+    lines = [f"results in {directory}",
+             f"strategy {summary['strategy']}, activations {summary['quantizer']} {summary['bits']} bits, "
+             f"gradients {summary['grad_quantizer']} {summary['grad_bits']} bits, labels at the {summary['labels']}",
+             f"final accuracy {summary['accuracy']:.4f}  "
+             + "  ".join(f"{q} {a:.3f}" for q, a in summary["accuracy_by_type"].items()),
+             f"{summary['clients']} clients, {summary['num_rounds']} rounds, {summary['round_trips']} round trips, "
+             f"{len(summary['failures'])} failures, {summary['seconds']:.1f} s",
+             "",
+             f"{'direction':9s} {'kind':12s} {'ideal bytes':>14s} {'serialized bytes':>17s}"]
+    for direction, kinds in sorted(summary["bytes"].items(), key=lambda kv: kv[0] != "up"):
+        for kind, cell in sorted(kinds.items()):
+            lines.append(f"{direction:9s} {kind:12s} {cell['ideal']:>14,} {cell['serialized']:>17,}")
+    return "\n".join(lines)

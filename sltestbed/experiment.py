@@ -1,0 +1,188 @@
+"""The experiment configuration of a Flower run: every run-config key, its default, what it
+may be, and the set-up both sides derive from it (data, partitions, the base model).
+
+Flower-free: `ExperimentConfig.from_run_config(context.run_config)` is all the apps need.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import asdict, dataclass, fields
+
+from .data import VQACollator, build_tokenizer, load_dataset, load_partition, split_holdout
+from .data.partition import PARTITIONERS
+from .model import PRESETS, parse_cut, preset
+from .quantizers import SCHEMES, implied_bits, scheme_class
+from .roles import GRADIENT_SCHEMES
+from .trainer import MODULE_GROUPS, TensorData
+
+STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    strategy: str = "parallel"
+    quantizer: str = "learned"
+    bits: int = 2  # 0: implied by the quantizer (fp32 32, fp16 / bf16 16)
+    grad_quantizer: str = "fp32"
+    grad_bits: int = 0
+    entropy_coding: bool = False
+    dataset: str = "digits-vqa"
+    preset: str = "default"
+    cut: str = "connector"
+    labels: str = "server"
+    num_rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    partitioner: str = "iid"
+    alpha: float = 0.5
+    fraction: float = 1.0
+    test_fraction: float = 0.2
+    train_modules: str = "connector,quantizers,lm"
+    distortion_weight: float = 0.25
+    base: str = "auto"
+    base_epochs: int = 30
+    base_lr: float = 3e-3
+    step_timeout: float = 120.0
+    output_dir: str = "results"
+    run_name: str = ""
+    cache_dir: str = os.path.join(".cache", "sltestbed")
+
+    # --- construction and validation -----------------------------------------------------
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> "ExperimentConfig":
+        """From Flower's run config (hyphenated keys); unknown keys and bad values raise
+        ValueError naming the key and what it may be."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ValueError(f"unknown run-config key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+        values = {}
+        for key, value in run_config.items():
+            f = known[key]
+            kind = type(f.default)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"run config '{key}' = {value!r} must be of type {kind.__name__}")
+            values[f.name] = value
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def choose(key, value, allowed):
+            if value not in allowed:
+                raise ValueError(f"run config '{key}' = {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+
+        def at_least(key, value, low):
+            if value < low:
+                raise ValueError(f"run config '{key}' = {value!r} is out of range: must be >= {low}")
+
+        choose("strategy", self.strategy, STRATEGIES)
+        choose("quantizer", self.quantizer, SCHEMES)
+        choose("grad-quantizer", self.grad_quantizer, GRADIENT_SCHEMES)
+        choose("labels", self.labels, ("server", "client"))
+        choose("preset", self.preset, tuple(PRESETS))
+        choose("partitioner", self.partitioner, tuple(PARTITIONERS))
+        for key, name, value in (("bits", self.quantizer, self.bits), ("grad-bits", self.grad_quantizer, self.grad_bits)):
+            try:
+                _width(name, value)
+            except ValueError as exc:
+                raise ValueError(f"run config '{key}' = {value}: {exc}") from None
+        for key in ("num-rounds", "local-epochs", "batch-size", "base-epochs"):
+            at_least(key, getattr(self, key.replace("-", "_")), 1)
+        at_least("seed", self.seed, 0)
+        for key in ("lr", "base-lr", "step-timeout", "alpha"):
+            if not getattr(self, key.replace("-", "_")) > 0:
+                raise ValueError(f"run config '{key}' = {getattr(self, key.replace('-', '_'))} is out of range: must be > 0")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"run config 'fraction' = {self.fraction} is out of range: must be in (0, 1]")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"run config 'test-fraction' = {self.test_fraction} is out of range: must be in (0, 1)")
+        if self.distortion_weight < 0:
+            raise ValueError("run config 'distortion-weight' must be >= 0")
+        for group in self.modules:
+            choose("train-modules", group, MODULE_GROUPS)
+        try:
+            parse_cut(self.cut, PRESETS[self.preset]["lm_layers"])
+        except ValueError as exc:
+            raise ValueError(f"run config 'cut': {exc}") from None
+        if self.base not in ("auto", "none") and not os.path.isdir(self.base):
+            raise ValueError(f"run config 'base' = {self.base!r}: no such model directory (or use 'auto' / 'none')")
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.train_modules.split(",") if m.strip())
+
+    @property
+    def act_bits(self) -> int:
+        return _width(self.quantizer, self.bits)
+
+    @property
+    def gradient_bits(self) -> int:
+        return _width(self.grad_quantizer, self.grad_bits)
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.strategy}-{self.quantizer}-{self.act_bits}b-seed{self.seed}"
+
+    @property
+    def cut_layers(self) -> int:
+        return parse_cut(self.cut, PRESETS[self.preset]["lm_layers"])
+
+    def to_dict(self) -> dict:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def base_spec(self):
+        from .train import BaseSpec
+
+        return BaseSpec(self.dataset, self.preset, None, self.seed, self.base_epochs, self.base_lr, 64, self.test_fraction)
+
+
+def _width(scheme: str, bits: int) -> int:
+    """The bit width a run uses: fp32 / fp16 / bf16 imply theirs (any given value is ignored),
+    other schemes take `bits`, which must be in their range."""
+    cls = scheme_class(scheme)
+    if len(cls.bits_range) == 1:
+        return cls.bits_range.start
+    return implied_bits(scheme, bits or None)
+
+
+@functools.lru_cache(maxsize=4)
+def load_splits(dataset: str, seed: int, test_fraction: float, image_size: int):
+    """(train, test, tokenizer, collator), cached per process: both sides derive the same
+    vocabulary from the same seeded data."""
+    ds = load_dataset(dataset, seed=seed, image_size=image_size)
+    train, test = split_holdout(ds, test_fraction=test_fraction, seed=seed)
+    tokenizer = build_tokenizer([train, test])
+    return train, test, tokenizer, VQACollator(tokenizer)
+
+
+def splits(cfg: ExperimentConfig):
+    return load_splits(cfg.dataset, cfg.seed, cfg.test_fraction, PRESETS[cfg.preset]["image_size"])
+
+
+def client_data(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -> tuple[TensorData, TensorData]:
+    """One client's training partition and its shard of the held-out test split."""
+    return _client_data(cfg.dataset, cfg.seed, cfg.test_fraction, PRESETS[cfg.preset]["image_size"], cfg.partitioner,
+                        cfg.alpha, partition_id, num_partitions)
+
+
+@functools.lru_cache(maxsize=16)
+def _client_data(dataset, seed, test_fraction, image_size, partitioner, alpha, partition_id, num_partitions):
+    train, test, _, collator = load_splits(dataset, seed, test_fraction, image_size)
+    options = {"alpha": alpha, "min_partition_size": 1} if partitioner == "dirichlet" else {}
+    mine = load_partition(train, partition_id, num_partitions, partitioner, seed=seed, **options)
+    shard = load_partition(test, partition_id, num_partitions, "iid", seed=seed)
+    if len(mine) == 0:
+        raise ValueError(f"partition {partition_id} of {num_partitions} is empty")
+    return TensorData(mine, collator), TensorData(shard, collator)
+
+
+def model_config(cfg: ExperimentConfig, vocab_size: int):
+    return preset(cfg.preset, vocab_size=vocab_size, quantizer=cfg.quantizer, bits=cfg.act_bits)

@@ -1,0 +1,264 @@
+"""What every strategy shares: set-up (data, base model, the nodes and their partitions),
+one exchange of messages with accounting and fault handling, evaluation, the results."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from flwr.app import Message, RecordDict
+from flwr.common.serde import message_to_proto
+
+from sltestbed.experiment import ExperimentConfig, model_config, splits
+from sltestbed.ledger import ByteLedger
+from sltestbed.model import TinyLlava
+from sltestbed.roles import OptimConfig, ServerRole, dequantized
+from sltestbed.train import ensure_base_model
+from sltestbed.trainer import TensorData
+
+from . import protocol as P
+
+
+@dataclass
+class Client:
+    node_id: int
+    partition: int
+    train_size: int
+    test_size: int
+
+
+@dataclass
+class Failure:
+    round: int
+    step: int
+    partition: int
+    message_type: str
+    reason: str
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    loss: float
+    accuracy: float
+    accuracy_by_type: dict
+    bytes_up: int
+    bytes_down: int
+    round_trips: int
+    failures: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+class Strategy:
+    """Base class: subclasses implement `train_round(round)` and may override `evaluate`."""
+
+    name = "base"
+
+    def __init__(self, grid, cfg: ExperimentConfig, log=print):
+        self.grid, self.cfg, self.log = grid, cfg, log
+        # seconds between reply polls: the simulation's in-memory grid is a local call (its own
+        # default, 0.1 s, would double a step's latency); a deployment's grid is a request
+        self.poll_interval = 0.002 if type(grid).__name__ == "InMemoryGrid" else 0.02
+        self.ledger = ByteLedger()
+        self.failures: list[Failure] = []
+        self.rounds: list[RoundRecord] = []
+        self.round_trips = 0
+        self.outstanding: dict[int, str] = {}  # node -> id of a message whose reply never came
+        train, test, tokenizer, collator = splits(cfg)
+        self.vocab = len(tokenizer)
+        self.base_dir = ensure_base_model(cfg.base, cfg.base_spec(), cfg.cache_dir, TensorData(train, collator),
+                                          TensorData(test, collator), self.vocab, progress=False)
+        self.clients = self.discover()
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    # --- set-up ---------------------------------------------------------------------------
+    def new_model(self) -> TinyLlava:
+        if self.base_dir:
+            return TinyLlava.from_pretrained(self.base_dir, quantizer=self.cfg.quantizer, bits=self.cfg.act_bits)
+        torch.manual_seed(self.cfg.seed)
+        return TinyLlava(model_config(self.cfg, self.vocab))
+
+    def discover(self) -> list[Client]:
+        nodes = sorted(self.grid.get_node_ids())
+        if not nodes:
+            raise RuntimeError("no SuperNodes are connected")
+        replies = self.exchange({n: (P.INFO, RecordDict()) for n in nodes}, round=0, step=0, meta=False)
+        clients = []
+        for node, content in replies.items():
+            m = content["meta"]
+            clients.append(Client(node, int(m["partition"]), int(m["train_size"]), int(m["test_size"])))
+        if not clients:
+            raise RuntimeError("no SuperNode answered the first message")
+        clients.sort(key=lambda c: c.partition)
+        self.log(f"{len(clients)} clients: " + ", ".join(f"partition {c.partition} ({c.train_size} train, "
+                                                          f"{c.test_size} test)" for c in clients))
+        return clients
+
+    def sample(self) -> list[Client]:
+        """Clients of this round: a seeded fraction of those with no reply outstanding."""
+        free = [c for c in self.clients if self._free(c.node_id)]
+        k = max(1, math.ceil(self.cfg.fraction * len(self.clients)))
+        if len(free) <= k:
+            return free
+        idx = torch.randperm(len(free), generator=self.generator)[:k].sort().values
+        return [free[i] for i in idx]
+
+    def _free(self, node: int) -> bool:
+        """A node whose last reply never came takes no new message until that reply is in."""
+        mid = self.outstanding.get(node)
+        if mid is None:
+            return True
+        if list(self.grid.pull_messages([mid])):
+            del self.outstanding[node]
+            return True
+        return False
+
+    def server_role(self, model: TinyLlava, total_steps: int) -> ServerRole:
+        return ServerRole(model, self.cfg.cut_layers, optim=OptimConfig(self.cfg.lr, total_steps),
+                          trainable=self.cfg.modules, grad_scheme=self.cfg.grad_quantizer,
+                          grad_bits=self.cfg.gradient_bits, seed=self.cfg.seed)
+
+    # --- one exchange ---------------------------------------------------------------------
+    # what a client needs to build its role on first contact: its batch size and the length of
+    # its learning-rate schedule (subclasses set both)
+    client_batch: int = 1
+    client_steps: int = 1
+
+    def meta(self, round: int, step: int) -> dict:
+        return {"round": round, "step": step, "base": self.base_dir or "", "batch_size": self.client_batch,
+                "total_steps": self.client_steps}
+
+    def exchange(self, requests: dict[int, tuple[str, RecordDict]], round: int, step: int,
+                 meta: dict | bool = True) -> dict[int, RecordDict]:
+        """Send one message to each node (all in one round trip), return the replies that came.
+        A node that fails or stays silent past the step timeout is recorded and left out."""
+        partition = {c.node_id: c.partition for c in getattr(self, "clients", [])}
+        messages = []
+        for node, (mtype, content) in requests.items():
+            if meta is not False:
+                P.put_meta(content, **(meta if isinstance(meta, dict) else self.meta(round, step)))
+            msg = Message(content, dst_node_id=node, message_type=mtype)
+            self._account(msg, "down", round, step, partition.get(node, -1), mtype)
+            messages.append(msg)
+        replies, missing = self._send_and_receive(messages)
+        self.round_trips += 1
+        out = {}
+        for reply in replies:
+            src = reply.metadata.src_node_id
+            mtype = requests[src][0]
+            if reply.has_error():
+                self._fail(round, step, partition.get(src, -1), mtype, f"client error: {reply.error.reason}")
+                continue
+            self._account(reply, "up", round, step, partition.get(src, -1), mtype)
+            out[src] = reply.content
+        for node, mid in missing.items():  # no reply within the timeout: the node stays busy
+            self.outstanding[node] = mid
+            self._fail(round, step, partition.get(node, -1), requests[node][0],
+                       f"no reply within {self.cfg.step_timeout} s")
+        return out
+
+    def _send_and_receive(self, messages: list[Message]):
+        """Push all messages, pull replies until every one is in or the step timeout passes.
+        Returns (replies, {node: id of the message still unanswered})."""
+        ids = dict(zip(self.grid.push_messages(messages), (m.metadata.dst_node_id for m in messages)))
+        waiting = set(ids)
+        replies = []
+        deadline = time.monotonic() + self.cfg.step_timeout
+        while waiting and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(waiting)):
+                waiting.discard(reply.metadata.reply_to_message_id)
+                replies.append(reply)
+            if waiting:
+                time.sleep(self.poll_interval)
+        return replies, {ids[mid]: mid for mid in waiting}
+
+    def _account(self, message: Message, direction: str, round: int, step: int, partition: int, mtype: str) -> None:
+        size = message_to_proto(message).ByteSize()
+        for part in P.parts(message.content):
+            self.ledger.record(round=round, step=step, client=partition, direction=direction, kind=part.kind,
+                               elements=part.elements, bits=part.bits, serialized_bytes=part.serialized_bytes,
+                               message_bytes=size, message_type=mtype)
+
+    def _fail(self, round, step, partition, mtype, reason) -> None:
+        self.failures.append(Failure(round, step, partition, mtype, reason))
+        self.log(f"round {round} step {step}: partition {partition} dropped ({mtype}: {reason})")
+
+    # --- evaluation -----------------------------------------------------------------------
+    def evaluate_split(self, round: int, server: ServerRole, extra: dict[int, RecordDict] | None = None) -> dict:
+        """Every client's test shard through its client part and `server`; `extra` adds
+        records (pending gradients, weights) to a node's request."""
+        requests = {}
+        for c in self.clients:
+            if not self._free(c.node_id):
+                continue
+            content = (extra or {}).get(c.node_id, RecordDict())
+            requests[c.node_id] = (P.EVAL, content)
+        replies = self.exchange(requests, round, -1)
+        by_node = {}
+        for node, content in replies.items():
+            acts = dequantized(P.get_payloads(content, "acts"))
+            batch = P.get_batch(content)
+            logits = server.predict([{**acts, "lengths": batch["lengths"]}])[0]
+            by_node[node] = (logits, batch)
+        correct, seen = {}, {}
+        if self.cfg.labels == "server":
+            qtypes = splits(self.cfg)[1].unique("qtype")
+            names = sorted(qtypes)
+            for logits, batch in by_node.values():
+                hit = (logits.argmax(-1) == batch["labels"]).float()
+                for i, q in enumerate(names):
+                    mask = batch["qtype"] == i
+                    correct[q] = correct.get(q, 0.0) + float(hit[mask].sum())
+                    seen[q] = seen.get(q, 0.0) + float(mask.sum())
+        else:
+            scores = self.exchange({n: (P.SCORE, self._logits_content(l)) for n, (l, _) in by_node.items()}, round, -1)
+            for content in scores.values():
+                self._add_scores(content, correct, seen)
+        return self._accuracy(correct, seen)
+
+    def _logits_content(self, logits: torch.Tensor) -> RecordDict:
+        content = RecordDict()
+        content["logits"] = P.ConfigRecord({"logits": P.encode_tensor(logits)})
+        return content
+
+    @staticmethod
+    def _add_scores(content: RecordDict, correct: dict, seen: dict) -> None:
+        for key, value in content["score"].items():
+            kind, q = key.split(".", 1)
+            target = correct if kind == "correct" else seen
+            target[q] = target.get(q, 0.0) + value
+
+    @staticmethod
+    def _accuracy(correct: dict, seen: dict) -> dict:
+        total = sum(seen.values())
+        return {"accuracy": sum(correct.values()) / total if total else float("nan"),
+                "accuracy_by_type": {q: correct[q] / seen[q] for q in sorted(seen) if seen[q]}}
+
+    # --- the run --------------------------------------------------------------------------
+    def train_round(self, round: int) -> dict:
+        """One round of training; returns {"loss": mean training loss, ...} and leaves the
+        model ready for `evaluate_round`."""
+        raise NotImplementedError
+
+    def evaluate_round(self, round: int) -> dict:
+        raise NotImplementedError
+
+    def run(self) -> list[RoundRecord]:
+        for rnd in range(1, self.cfg.num_rounds + 1):
+            t0, trips, fails = time.perf_counter(), self.round_trips, len(self.failures)
+            before = len(self.ledger.rows)
+            train = self.train_round(rnd)
+            result = self.evaluate_round(rnd)
+            rows = self.ledger.rows[before:]
+            record = RoundRecord(rnd, train.get("loss", float("nan")), result["accuracy"], result["accuracy_by_type"],
+                                 sum(r.serialized_bytes for r in rows if r.direction == "up"),
+                                 sum(r.serialized_bytes for r in rows if r.direction == "down"),
+                                 self.round_trips - trips, len(self.failures) - fails, time.perf_counter() - t0)
+            self.rounds.append(record)
+            self.log(f"round {rnd}/{self.cfg.num_rounds}: loss {record.loss:.4f}, accuracy {record.accuracy:.4f}, "
+                     f"{record.bytes_up:,} B up, {record.bytes_down:,} B down, {record.round_trips} round trips, "
+                     f"{record.failures} failures, {record.seconds:.1f} s")
+        return self.rounds
