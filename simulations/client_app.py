@@ -9,6 +9,8 @@ serves the node again; `context.state` stays the source of truth.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -18,6 +20,7 @@ from sltestbed.model import TinyLlava
 from sltestbed.roles import ClientRole, OptimConfig, dequantized
 from sltestbed.trainer import Stage, train_stage
 from strategies import protocol as P
+from strategies.fedavg import model_weights
 
 app = ClientApp()
 _CACHE: dict = {}  # (run id, node id) -> (state version, role, data): a speed-up only
@@ -94,9 +97,27 @@ def info(msg: Message, context: Context) -> Message:
     return _reply(msg, content)
 
 
+def _inject_fault(cfg: ExperimentConfig, context: Context, meta) -> None:
+    """The `fault` run-config hook: fail or stall at one step, to test the server's handling."""
+    spec = cfg.fault_spec
+    if spec and (spec[1], spec[2], spec[3]) == (_node(context)[0], int(meta["round"]), int(meta["step"])):
+        if spec[0] == "raise":
+            raise RuntimeError(f"injected fault at partition {spec[1]}, round {spec[2]}, step {spec[3]}")
+        time.sleep(cfg.step_timeout + 2)
+
+
+@app.query("echo")
+def echo(msg: Message, context: Context) -> Message:
+    """A bare round trip: no model, a reply of the requested size (the benchmark's reference)."""
+    content = RecordDict()
+    content["echo"] = ConfigRecord({"echo": bytes(int(msg.content["meta"]["reply_bytes"]))})
+    return _reply(msg, content)
+
+
 @app.train("step")
 def step(msg: Message, context: Context) -> Message:
     cfg, role, test, version = _prepare(msg, context)
+    _inject_fault(cfg, context, msg.content["meta"])
     out = role.forward()
     content = RecordDict()
     P.put_payloads(content, "acts", out["payloads"], entropy=cfg.entropy_coding)
@@ -161,7 +182,7 @@ def local(msg: Message, context: Context) -> Message:
     losses = train_stage(model, model, train, stage, int(meta["batch_size"]), cfg.seed + int(meta["round"]),
                          progress=False)
     content = RecordDict()
-    P.put_state(content, model.state_dict())
+    P.put_state(content, model_weights(model))
     P.put_meta(content, num_examples=len(train), loss=float(losses[-1]))
     return _reply(msg, content)
 
@@ -183,5 +204,5 @@ def _local_model(msg: Message, context: Context):
     meta = msg.content["meta"]
     train, test = client_data(cfg, pid, nparts)
     model = _model(cfg, meta)
-    model.load_state_dict(P.get_state(msg.content))
+    model.load_weights(P.get_state(msg.content))
     return cfg, model, train, test, meta

@@ -45,6 +45,8 @@ def write_results(directory: str, cfg, strategy, seconds: float) -> dict:
         "failures": [asdict(f) for f in strategy.failures],
         "bytes": strategy.ledger.totals(),
     }
+    if strategy.roundtrip:
+        summary["roundtrip_benchmark"] = strategy.roundtrip
     with open(os.path.join(directory, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

@@ -37,5 +37,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy = make_strategy(grid, cfg, log)
     strategy.run()
     directory = output_directory(cfg)
+    if cfg.save_model:
+        model = strategy.trained_model()
+        if model is not None:
+            model.save_pretrained(os.path.join(directory, "model"))
     summary = write_results(directory, cfg, strategy, time.perf_counter() - started)
     print(summary_table(summary, directory), flush=True)

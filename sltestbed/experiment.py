@@ -32,10 +32,10 @@ class ExperimentConfig:
     preset: str = "default"
     cut: str = "connector"
     labels: str = "server"
-    num_rounds: int = 3
+    num_rounds: int = 5
     local_epochs: int = 1
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     seed: int = 0
     partitioner: str = "iid"
     alpha: float = 0.5
@@ -47,6 +47,9 @@ class ExperimentConfig:
     base_epochs: int = 30
     base_lr: float = 3e-3
     step_timeout: float = 120.0
+    fault: str = ""  # testing hook: "raise:P:R:S" or "stall:P:R:S" (partition P, round R, step S)
+    benchmark_roundtrips: int = 0  # N > 0: N bare Flower round trips after training, to compare a step with
+    save_model: bool = False  # write the trained model (server part + a client's part) to <run>/model
     output_dir: str = "results"
     run_name: str = ""
     cache_dir: str = os.path.join(".cache", "sltestbed")
@@ -111,6 +114,9 @@ class ExperimentConfig:
             parse_cut(self.cut, PRESETS[self.preset]["lm_layers"])
         except ValueError as exc:
             raise ValueError(f"run config 'cut': {exc}") from None
+        at_least("benchmark-roundtrips", self.benchmark_roundtrips, 0)
+        if self.fault:
+            self.fault_spec  # parses, or raises naming the key
         if self.base not in ("auto", "none") and not os.path.isdir(self.base):
             raise ValueError(f"run config 'base' = {self.base!r}: no such model directory (or use 'auto' / 'none')")
 
@@ -118,6 +124,17 @@ class ExperimentConfig:
     @property
     def modules(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.train_modules.split(",") if m.strip())
+
+    @property
+    def fault_spec(self) -> tuple[str, int, int, int] | None:
+        """(action, partition, round, step) of the injected fault, or None."""
+        if not self.fault:
+            return None
+        parts = self.fault.split(":")
+        if len(parts) != 4 or parts[0] not in ("raise", "stall") or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"run config 'fault' = {self.fault!r}: use 'raise:P:R:S' or 'stall:P:R:S' "
+                             "(partition, round, step as integers)")
+        return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
 
     @property
     def act_bits(self) -> int:

@@ -1,8 +1,12 @@
 """Server-side coordination of split training on Flower's Grid, one strategy per module."""
 
+from .fedavg import FedAvgStrategy
 from .parallel import ParallelStrategy
+from .sequential import SequentialStrategy, SplitFedV2Strategy
+from .splitfed import SplitFedV1Strategy
 
-STRATEGY_CLASSES = {cls.name: cls for cls in (ParallelStrategy,)}
+STRATEGY_CLASSES = {cls.name: cls for cls in (SequentialStrategy, SplitFedV1Strategy, SplitFedV2Strategy,
+                                              ParallelStrategy, FedAvgStrategy)}
 
 
 def make_strategy(grid, cfg, log=print):

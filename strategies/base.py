@@ -13,7 +13,7 @@ from flwr.common.serde import message_to_proto
 
 from sltestbed.experiment import ExperimentConfig, model_config, splits
 from sltestbed.ledger import ByteLedger
-from sltestbed.model import TinyLlava
+from sltestbed.model import ClientPart, TinyLlava
 from sltestbed.roles import OptimConfig, ServerRole, dequantized
 from sltestbed.train import ensure_base_model
 from sltestbed.trainer import TensorData
@@ -73,6 +73,10 @@ class Strategy:
                                           TensorData(test, collator), self.vocab, progress=False)
         self.clients = self.discover()
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.pending_grads: dict[int, dict] = {}  # node -> gradient payloads to deliver with its next message
+        self.pending_part: dict[int, dict] = {}  # node -> client-part weights to deliver with its next message
+        self.step_seconds: list[float] = []  # wall time of each training step (its round trips included)
+        self.roundtrip: dict = {}
 
     # --- set-up ---------------------------------------------------------------------------
     def new_model(self) -> TinyLlava:
@@ -186,16 +190,69 @@ class Strategy:
         self.failures.append(Failure(round, step, partition, mtype, reason))
         self.log(f"round {round} step {step}: partition {partition} dropped ({mtype}: {reason})")
 
+    # --- the split step shared by the split strategies ----------------------------------------
+    def request(self, node: int, mtype: str) -> tuple[str, RecordDict]:
+        """A message for `node`, carrying what is pending for it: last step's gradient first,
+        then new client-part weights."""
+        content = RecordDict()
+        if node in self.pending_grads:
+            P.put_payloads(content, "grads", self.pending_grads.pop(node), entropy=self.cfg.entropy_coding)
+        if node in self.pending_part:
+            P.put_state(content, self.pending_part.pop(node))
+        return mtype, content
+
+    def split_step(self, rnd: int, step: int, clients: list[Client], server_of) -> float | None:
+        """One training step of `clients` (one round trip; two with labels on the clients).
+        `server_of(node)` is the ServerRole that node's activations go through: clients that
+        share one are joined into one batch. Returns the step's mean loss (None if no client
+        answered); the gradients wait in `pending_grads`."""
+        started = time.perf_counter()
+        replies = self.exchange({c.node_id: self.request(c.node_id, P.STEP) for c in clients}, rnd, step)
+        if not replies:
+            return None
+        groups: dict[int, tuple] = {}
+        for node, content in replies.items():
+            server = server_of(node)
+            groups.setdefault(id(server), (server, []))[1].append((node, content))
+        logits_of, batch_of = {}, {}
+        for server, members in groups.values():
+            batches = [P.get_batch(c) for _, c in members]
+            inputs = [{**dequantized(P.get_payloads(c, "acts")), "lengths": b["lengths"]}
+                      for (_, c), b in zip(members, batches)]
+            for (node, _), b, logits in zip(members, batches, server.forward(inputs)):
+                logits_of[node], batch_of[node] = logits, b
+        losses, sizes = [], []
+        if self.cfg.labels == "client":
+            answers = self.exchange({n: (P.LOGITS, self._logits_content(l)) for n, l in logits_of.items()}, rnd, step)
+        for server, members in groups.values():
+            nodes = [n for n, _ in members]
+            if self.cfg.labels == "server":
+                loss, grads = server.backward_from_labels([batch_of[n]["labels"] for n in nodes])
+                losses.append(loss * sum(len(batch_of[n]["lengths"]) for n in nodes))
+                sizes.append(sum(len(batch_of[n]["lengths"]) for n in nodes))
+            else:
+                dlogits = [P.decode_tensor(answers[n]["loss"]["dlogits"]) if n in answers else None for n in nodes]
+                grads = server.backward_from_logit_grads(dlogits)
+                for n in nodes:
+                    if n in answers:
+                        losses.append(float(answers[n]["loss"]["loss"]) * len(batch_of[n]["lengths"]))
+                        sizes.append(len(batch_of[n]["lengths"]))
+            for n, g in zip(nodes, grads):
+                if g is not None:
+                    self.pending_grads[n] = g
+        self.step_seconds.append(time.perf_counter() - started)
+        return sum(losses) / sum(sizes) if sizes else None
+
+    def collect_parts(self, rnd: int, clients: list[Client]) -> dict[int, dict]:
+        """Client-part weights from `clients` (their pending gradients applied first)."""
+        replies = self.exchange({c.node_id: self.request(c.node_id, P.PART) for c in clients}, rnd, -1)
+        return {node: P.get_state(content) for node, content in replies.items()}
+
     # --- evaluation -----------------------------------------------------------------------
-    def evaluate_split(self, round: int, server: ServerRole, extra: dict[int, RecordDict] | None = None) -> dict:
-        """Every client's test shard through its client part and `server`; `extra` adds
-        records (pending gradients, weights) to a node's request."""
-        requests = {}
-        for c in self.clients:
-            if not self._free(c.node_id):
-                continue
-            content = (extra or {}).get(c.node_id, RecordDict())
-            requests[c.node_id] = (P.EVAL, content)
+    def evaluate_split(self, round: int, server: ServerRole) -> dict:
+        """Every client's test shard through its client part (pending gradients and weights
+        delivered first) and `server`."""
+        requests = {c.node_id: self.request(c.node_id, P.EVAL) for c in self.clients if self._free(c.node_id)}
         replies = self.exchange(requests, round, -1)
         by_node = {}
         for node, content in replies.items():
@@ -239,12 +296,57 @@ class Strategy:
 
     # --- the run --------------------------------------------------------------------------
     def train_round(self, round: int) -> dict:
-        """One round of training; returns {"loss": mean training loss, ...} and leaves the
-        model ready for `evaluate_round`."""
+        """One round of training; returns {"loss": mean training loss}."""
         raise NotImplementedError
 
     def evaluate_round(self, round: int) -> dict:
-        raise NotImplementedError
+        return self.evaluate_split(round, self.server)
+
+    @staticmethod
+    def mean(values) -> float:
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    def trained_model(self) -> TinyLlava | None:
+        """The model as trained: the server part, with the client part of the first client that
+        answers (after its last gradient); None where there is no single model (parallel's
+        clients each keep their own part: the first client's is used)."""
+        model = self.server.model
+        for client in self.clients:
+            parts = self.collect_parts(self.cfg.num_rounds, [client])
+            if client.node_id in parts:
+                ClientPart(model, self.cfg.cut_layers).load_state_dict(parts[client.node_id])
+                return model
+        return None
+
+    def benchmark_roundtrips(self, n: int) -> dict:
+        """A training step against a bare Flower round trip measured in the same run: `n` echo
+        exchanges with the clients of a step, each message as large as a step's (from the
+        ledger), no model on either side."""
+        steps = [r for r in self.ledger.rows if r.message_type == P.STEP and r.round >= 1]
+        clients = sorted({r.client for r in steps})
+        nodes = [c.node_id for c in self.clients if c.partition in clients] or [c.node_id for c in self.clients]
+        per_message = {}
+        for d in ("up", "down"):
+            sizes = {(r.round, r.step, r.client): r.message_bytes for r in steps if r.direction == d}
+            per_message[d] = int(sum(sizes.values()) / max(len(sizes), 1))
+        seconds = []
+        for i in range(n):
+            requests = {}
+            for node in nodes:
+                content = RecordDict()
+                content["echo"] = P.ConfigRecord({"echo": bytes(per_message["down"])})
+                requests[node] = (P.ECHO, content)
+            t0 = time.perf_counter()
+            self.exchange(requests, 0, i, meta={"reply_bytes": per_message["up"]})
+            seconds.append(time.perf_counter() - t0)
+        trips = 2 if self.cfg.labels == "client" else 1
+        skip = min(3, len(self.step_seconds) // 2)  # leave out the first steps (caches, start-up)
+        step = sorted(self.step_seconds[skip:])[len(self.step_seconds[skip:]) // 2] if self.step_seconds else float("nan")
+        bare = sorted(seconds)[len(seconds) // 2] if seconds else float("nan")
+        return {"step_median_s": step, "bare_roundtrip_median_s": bare, "roundtrips_per_step": trips,
+                "ratio": step / (trips * bare) if bare else float("nan"), "clients": len(nodes),
+                "message_bytes_up": per_message["up"], "message_bytes_down": per_message["down"], "samples": n}
 
     def run(self) -> list[RoundRecord]:
         for rnd in range(1, self.cfg.num_rounds + 1):
@@ -261,4 +363,9 @@ class Strategy:
             self.log(f"round {rnd}/{self.cfg.num_rounds}: loss {record.loss:.4f}, accuracy {record.accuracy:.4f}, "
                      f"{record.bytes_up:,} B up, {record.bytes_down:,} B down, {record.round_trips} round trips, "
                      f"{record.failures} failures, {record.seconds:.1f} s")
+        if self.cfg.benchmark_roundtrips:
+            self.roundtrip = self.benchmark_roundtrips(self.cfg.benchmark_roundtrips)
+            self.log(f"round-trip benchmark: step {self.roundtrip['step_median_s'] * 1e3:.1f} ms, bare Flower round trip "
+                     f"{self.roundtrip['bare_roundtrip_median_s'] * 1e3:.1f} ms, ratio {self.roundtrip['ratio']:.2f} "
+                     f"({self.roundtrip['roundtrips_per_step']} round trip(s) per step)")
         return self.rounds

@@ -31,6 +31,7 @@ STEP = "train.step"  # [grads] -> acts, batch
 LOGITS = "train.logits"  # logits -> loss (labels kept on the client)
 LOCAL = "train.local"  # part (whole model) -> part (FedAvg)
 INFO = "query.info"  # -> meta (partition id, data sizes)
+ECHO = "query.echo"  # echo bytes -> echo bytes: a bare round trip, for the benchmark
 PART = "query.part"  # [grads] -> part (client part, for hand-off and averaging)
 EVAL = "evaluate.forward"  # [grads] [part] -> acts, batch (test shard)
 SCORE = "evaluate.score"  # logits -> score (labels kept on the client)
@@ -128,6 +129,9 @@ def parts(content: RecordDict) -> list[Part]:
             for key, value in record.items():
                 kind = "labels" if key == "labels" else "config"
                 out.append(Part(kind, len(value), 32, _entry_size(name, record, key)))
+        elif name == "echo":  # the benchmark's bare round trip: raw bytes
+            for key, value in record.items():
+                out.append(Part("config", len(value), 8, _entry_size(name, record, key)))
         elif name == "part":
             elements = sum(int(np.prod(a.shape)) for a in record.values())
             out.append(Part("model", elements, 32, _size(RecordDict({name: record}))))

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import flower_harness as fh  # noqa: E402
+import simulations.launch as fh  # noqa: E402
 
 pytestmark = pytest.mark.flower
 

@@ -1,6 +1,5 @@
-"""Run Flower apps end to end from tests: isolated SuperLinks on free ports.
-
-This is a helper module for tests, not a test file: pytest collects nothing here.
+"""Run the Flower app end to end: isolated SuperLinks on free ports, for the experiment
+command, sweeps and tests.
 
 What it offers (flwr 1.41, Linux):
 
@@ -539,9 +538,19 @@ def _parse_list_json(text: str) -> dict[str, Any]:
     return runs[0] if runs else {}
 
 
+def _echo_new(path: Path, offset: int, echo) -> int:
+    """Pass on the lines of the run's stream written since `offset` (progress as it runs)."""
+    text = _read(path)
+    end = text.rfind("\n") + 1
+    if end > offset:
+        echo(_strip_ansi(text[offset:end]).rstrip("\n"))
+        return end
+    return offset
+
+
 def _submit(env: Mapping[str, str], reaper: ProcessReaper, app_dir: str | os.PathLike[str],
             run_dir: Path, run_config: Mapping[str, Any] | None,
-            federation_config: Mapping[str, Any] | None, timeout: float) -> RunResult:
+            federation_config: Mapping[str, Any] | None, timeout: float, echo=None) -> RunResult:
     """``flwr run --stream`` the app against the config.toml default; wait for the end."""
     run_dir.mkdir(parents=True, exist_ok=True)
     flwr = str(Path(env["PATH"].split(os.pathsep)[0]) / "flwr")
@@ -552,16 +561,23 @@ def _submit(env: Mapping[str, str], reaper: ProcessReaper, app_dir: str | os.Pat
         cmd += ["--federation-config", _format_kv(federation_config)]
     cmd.append("--stream")
     out_path, err_path = run_dir / "flwr_run.stdout", run_dir / "flwr_run.stderr"
+    for stale in (out_path, err_path):  # a reused directory must not lend an old run id
+        stale.unlink(missing_ok=True)
     t0 = time.monotonic()
     deadline = t0 + timeout
     proc = reaper.spawn(cmd, env=env, cwd=run_dir, log_path=out_path, stderr_path=err_path)
     seen_pids: set[int] = set()
     last_scan = 0.0
+    echoed = 0
     while proc.poll() is None and time.monotonic() < deadline:
         if time.monotonic() - last_scan > 1.0:
             seen_pids |= reaper.snapshot(scan_env=False)
             last_scan = time.monotonic()
+            if echo is not None:
+                echoed = _echo_new(out_path, echoed, echo)
         time.sleep(0.1)
+    if echo is not None:
+        _echo_new(out_path, echoed, echo)
     timed_out = proc.poll() is None
     stream_seconds = time.monotonic() - t0
     if timed_out:
@@ -642,8 +658,9 @@ class SimulationSuperLink:
 
     def submit(self, app_dir: str | os.PathLike[str], run_config: Mapping[str, Any] | None = None,
                num_supernodes: int = 2, federation_config: Mapping[str, Any] | None = None,
-               timeout: float = 600) -> RunResult:
-        """Run ``app_dir`` with ``num_supernodes`` simulated nodes; wait for the end.
+               timeout: float = 600, echo=None) -> RunResult:
+        """Run ``app_dir`` with ``num_supernodes`` simulated nodes; wait for the end
+        (``echo``: a function that gets the run's output lines as they come).
 
         ``run_config`` keys must exist in the app's ``[tool.flwr.app.config]``; values keep
         their types (they travel as a TOML file). ``federation_config`` adds
@@ -652,7 +669,7 @@ class SimulationSuperLink:
         fed = {"num-supernodes": int(num_supernodes), **dict(federation_config or {})}
         self._runs += 1
         return _submit(self.env, self.reaper, app_dir, self.tmp_dir / "runs" / f"run-{self._runs}",
-                       run_config, fed, timeout)
+                       run_config, fed, timeout, echo)
 
     def log(self) -> str:
         """Return the SuperLink's output so far."""
@@ -804,19 +821,53 @@ def deployment(app_dir: str | os.PathLike[str], tmp_dir: str | os.PathLike[str],
         _stop_all(reaper, term_timeout, raise_on_survivors=body_ok)
 
 
-def _main() -> None:  # pragma: no cover - manual smoke use
-    """``python tests/flower_harness.py APP_DIR TMP_DIR [k=v ...]``: one simulation run."""
-    app, tmp, *kvs = sys.argv[1:]
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` words to a run config; values are read as JSON where they parse
+    (numbers, true/false), as strings otherwise."""
     cfg: dict[str, Any] = {}
-    for kv in kvs:
-        key, val = kv.split("=", 1)
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"run-config override {item!r} is not key=value")
+        key, val = item.split("=", 1)
         try:
             cfg[key] = json.loads(val)
         except json.JSONDecodeError:
             cfg[key] = val
-    res = run_simulation(app, tmp, cfg)
-    print(res.describe())
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m simulations.launch [--supernodes N] [key=value ...]``: the experiment as a
+    real ``flwr run`` on a simulation SuperLink of its own, then the results table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--supernodes", type=int, default=2)
+    parser.add_argument("--cpus-per-client", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("overrides", nargs="*", help="run-config key=value pairs")
+    args = parser.parse_args(argv)
+    app_dir = Path(__file__).resolve().parent.parent
+    cfg = parse_overrides(args.overrides)
+    here = Path.cwd()
+    for key, default in (("output-dir", "results"), ("cache-dir", os.path.join(".cache", "sltestbed"))):
+        cfg[key] = str((here / str(cfg.get(key, default))).resolve())  # relative to where this was typed
+    work = here / ".flwr_runs" / time.strftime("%Y%m%d-%H%M%S")
+    print(f"flwr run {app_dir} with {args.supernodes} SuperNodes; overrides {cfg}", flush=True)
+    result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes,
+                                      {"client-resources-num-cpus": args.cpus_per_client}, args.timeout)
+    print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s", flush=True)
+    if not result.ok:
+        print(result.status_details or result.stderr[-3000:], file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_simulation_with_echo(app_dir, tmp_dir, run_config, num_supernodes, federation_config, timeout) -> RunResult:
+    with simulation_superlink(tmp_dir) as link:
+        return link.submit(app_dir, run_config, num_supernodes, federation_config, timeout,
+                           echo=lambda text: print(text, flush=True))
 
 
 if __name__ == "__main__":  # pragma: no cover
-    _main()
+    sys.exit(main())

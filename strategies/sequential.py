@@ -1,0 +1,88 @@
+"""Vanilla (sequential) split learning and SplitFed v2: one server part, clients in turn.
+
+sequential: each client trains `local-epochs` over its partition, then its client part goes
+  (through the server, counted as model bytes both ways) to the next client.
+splitfed-v2: clients in a seeded random order each round, each from the round's common client
+  part; at the end of the round the client parts are averaged (FedAvg) and sent back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sltestbed.roles import fedavg
+
+from .base import Strategy
+
+
+class SequentialStrategy(Strategy):
+    name = "sequential"
+
+    def __init__(self, grid, cfg, log=print):
+        super().__init__(grid, cfg, log)
+        self.client_batch = cfg.batch_size
+        self.steps = {c.node_id: cfg.local_epochs * math.ceil(c.train_size / cfg.batch_size) for c in self.clients}
+        self.client_steps = cfg.num_rounds * max(self.steps.values())
+        self.server = self.server_role(self.new_model(), cfg.num_rounds * sum(self.steps.values()))
+        self.holder = None  # the node holding the latest client part
+
+    def order(self, clients):
+        return clients
+
+    def train_round(self, rnd: int) -> dict:
+        losses = []
+        for client in self.order(self.sample()):
+            self.hand_over(rnd, client)
+            for step in range(self.steps[client.node_id]):
+                losses.append(self.split_step(rnd, step, [client], lambda node: self.server))
+            self.holder = client
+        return {"loss": self.mean(losses)}
+
+    def hand_over(self, rnd: int, client) -> None:
+        """The latest client part moves from its holder to `client` before it trains."""
+        if self.holder is not None and self.holder.node_id != client.node_id:
+            parts = self.collect_parts(rnd, [self.holder])
+            if self.holder.node_id in parts:
+                self.pending_part[client.node_id] = parts[self.holder.node_id]
+
+    def evaluate_round(self, rnd: int) -> dict:
+        if self.holder is not None:  # every client evaluates with the latest client part
+            parts = self.collect_parts(rnd, [self.holder])
+            for c in self.clients:
+                if c.node_id != self.holder.node_id and self.holder.node_id in parts:
+                    self.pending_part[c.node_id] = parts[self.holder.node_id]
+        return self.evaluate_split(rnd, self.server)
+
+
+class SplitFedV2Strategy(SequentialStrategy):
+    name = "splitfed-v2"
+
+    def order(self, clients):
+        return [clients[i] for i in torch.randperm(len(clients), generator=self.generator)]
+
+    def hand_over(self, rnd: int, client) -> None:
+        pass  # every client starts the round from the averaged client part it already holds
+
+    def train_round(self, rnd: int) -> dict:
+        clients = self.order(self.sample())
+        losses = []
+        for client in clients:
+            for step in range(self.steps[client.node_id]):
+                losses.append(self.split_step(rnd, step, [client], lambda node: self.server))
+        self.average_client_parts(rnd, clients)
+        return {"loss": self.mean(losses)}
+
+    def average_client_parts(self, rnd: int, clients) -> None:
+        parts = self.collect_parts(rnd, clients)
+        if not parts:
+            return
+        size = {c.node_id: c.train_size for c in clients}
+        nodes = list(parts)
+        average = fedavg([parts[n] for n in nodes], [size[n] for n in nodes])
+        for c in self.clients:
+            self.pending_part[c.node_id] = average
+
+    def evaluate_round(self, rnd: int) -> dict:
+        return self.evaluate_split(rnd, self.server)

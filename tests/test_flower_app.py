@@ -1,0 +1,154 @@
+"""The Flower app end to end: real `flwr run` against SuperLinks this test starts (and stops)."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from simulations.launch import deployment, pid_alive, simulation_superlink
+from sltestbed.experiment import ExperimentConfig, client_data
+from sltestbed.model import TinyLlava
+from sltestbed.trainer import MODULE_GROUPS, Stage, train_stage
+
+pytestmark = pytest.mark.flower
+APP = Path(__file__).resolve().parent.parent
+# small and quick: the tiny model, most of digits-VQA held out, no base model
+TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.8, "step-timeout": 60.0}
+
+
+@pytest.fixture(scope="module")
+def link(tmp_path_factory):
+    with simulation_superlink(tmp_path_factory.mktemp("superlink")) as superlink:
+        yield superlink
+
+
+def run(link, tmp_path, num_supernodes=2, **overrides):
+    config = {**TINY, "output-dir": str(tmp_path / "results"), "run-name": "run", **overrides}
+    result = link.submit(APP, config, num_supernodes=num_supernodes,
+                         federation_config={"client-resources-num-cpus": 1}, timeout=600)
+    return result, tmp_path / "results" / "run"
+
+
+def results(directory: Path):
+    summary = json.loads((directory / "summary.json").read_text())
+    with open(directory / "ledger.csv") as f:
+        ledger = list(csv.DictReader(f))
+    with open(directory / "metrics.csv") as f:
+        metrics = list(csv.DictReader(f))
+    return summary, ledger, metrics
+
+
+def test_parallel_run_writes_results_and_counts_every_byte(link, tmp_path):
+    result, out = run(link, tmp_path, **{"num-rounds": 2})
+    assert result.ok, result.describe()
+    summary, ledger, metrics = results(out)
+    assert 0 <= summary["accuracy"] <= 1 and summary["strategy"] == "parallel"
+    assert summary["quantizer"] == "learned" and summary["bits"] == 2
+    assert [int(m["round"]) for m in metrics] == [1, 2]
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["seed"] == 0 and config["versions"]["flwr"] == "1.41.0"
+    acts = [r for r in ledger if r["kind"] == "activations"]
+    assert acts and all(r["direction"] == "up" for r in acts)
+    for r in acts:
+        elements, ideal, serialized = int(r["elements"]), int(r["ideal_bytes"]), int(r["serialized_bytes"])
+        assert ideal == math.ceil(elements * 2 / 8)
+        assert serialized <= 1.01 * ideal + 256
+        assert int(r["message_bytes"]) >= serialized
+    up = summary["bytes"]["up"]
+    assert up["activations"]["ideal"] == sum(int(r["ideal_bytes"]) for r in acts)
+    assert set(summary["bytes"]["down"]) >= {"gradients", "config"}
+    # labels sit at the server in this configuration: they travel, and are counted
+    assert up["labels"]["serialized"] > 0
+    assert "final accuracy" in result.logs  # the summary table is printed
+
+
+def test_labels_kept_on_the_client_never_reach_the_server(link, tmp_path):
+    result, out = run(link, tmp_path, labels="client")
+    assert result.ok, result.describe()
+    summary, ledger, _ = results(out)
+    up = [r for r in ledger if r["direction"] == "up"]
+    assert up and not any(r["kind"] == "labels" for r in up)  # rows come from each message's records
+    assert {"activations", "loss", "gradients"} <= {r["kind"] for r in up}  # loss and d loss / d logits
+    assert any(r["kind"] == "logits" and r["direction"] == "down" for r in ledger)
+    assert 0 <= summary["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "splitfed-v1", "splitfed-v2", "fedavg"])
+def test_strategies_run(link, tmp_path, strategy):
+    result, out = run(link, tmp_path, strategy=strategy)
+    assert result.ok, result.describe()
+    summary, ledger, _ = results(out)
+    assert summary["strategy"] == strategy and 0 <= summary["accuracy"] <= 1
+    kinds = {(r["direction"], r["kind"]) for r in ledger}
+    if strategy == "fedavg":
+        assert ("up", "model") in kinds and ("down", "model") in kinds and ("up", "activations") not in kinds
+    else:
+        assert ("up", "activations") in kinds and ("down", "gradients") in kinds
+        assert ("up", "model") in kinds and ("down", "model") in kinds  # hand-off or averaging of client parts
+
+
+def test_two_bit_activations_cost_an_eighth_of_fp16(link, tmp_path):
+    totals = {}
+    for quantizer in ("fp16", "learned"):
+        result, out = run(link, tmp_path / quantizer, quantizer=quantizer)
+        assert result.ok, result.describe()
+        totals[quantizer] = results(out)[0]["bytes"]["up"]["activations"]["serialized"]
+    assert totals["learned"] <= 0.13 * totals["fp16"]
+
+
+def test_a_client_that_raises_is_dropped_and_the_run_finishes(link, tmp_path):
+    result, out = run(link, tmp_path, fault="raise:1:1:2")
+    assert result.ok, result.describe()
+    summary, _, metrics = results(out)
+    assert len(summary["failures"]) == 1 and "client error" in summary["failures"][0]["reason"]
+    assert summary["failures"][0]["partition"] == 1 and summary["failures"][0]["step"] == 2
+    assert int(metrics[0]["failures"]) == 1
+
+
+def test_a_reply_that_never_comes_is_dropped_and_the_run_finishes(link, tmp_path):
+    result, out = run(link, tmp_path, fault="stall:1:1:1", **{"step-timeout": 4.0})
+    assert result.ok, result.describe()
+    summary, _, _ = results(out)
+    reasons = [f["reason"] for f in summary["failures"]]
+    assert reasons and all("no reply within 4.0 s" in r for r in reasons)
+    assert summary["failures"][0]["partition"] == 1
+
+
+def test_bad_run_config_value_stops_the_run_naming_the_key(link, tmp_path):
+    result, out = run(link, tmp_path, strategy="round-robin")
+    assert not result.ok
+    assert "'strategy'" in result.status_details + result.logs and "allowed values" in result.status_details + result.logs
+    assert not out.exists()
+
+
+def test_sequential_with_one_client_trains_like_the_centralized_trainer(link, tmp_path):
+    overrides = {"strategy": "sequential", "quantizer": "fp32", "train-modules": ",".join(MODULE_GROUPS),
+                 "save-model": True, "test-fraction": 0.9}
+    result, out = run(link, tmp_path, num_supernodes=1, **overrides)
+    assert result.ok, result.describe()
+    flower = TinyLlava.from_pretrained(str(out / "model"))
+
+    cfg = ExperimentConfig.from_run_config({**TINY, **overrides})
+    data, _ = client_data(cfg, 0, 1)
+    torch.manual_seed(cfg.seed)
+    central = TinyLlava(flower.config)
+    train_stage(central, central, data, Stage("full", MODULE_GROUPS, 1, cfg.lr), cfg.batch_size, cfg.seed,
+                progress=False)
+    diffs = [(a - b).abs().max().item() for a, b in zip(central.parameters(), flower.parameters())]
+    assert max(diffs) <= 1e-4
+
+
+def test_deployment_engine_runs_the_same_app(tmp_path):
+    configs = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    with deployment(APP, tmp_path / "deployment", num_supernodes=2, node_configs=configs) as dep:
+        pids = list(dep.pids)
+        out = tmp_path / "results"
+        result = dep.submit({**TINY, "test-fraction": 0.95, "output-dir": str(out), "run-name": "dep"}, timeout=600)
+        assert result.ok, result.describe()
+    summary, ledger, _ = results(out / "dep")
+    assert summary["clients"] == 2 and 0 <= summary["accuracy"] <= 1
+    assert {int(r["client"]) for r in ledger if r["kind"] == "activations"} == {0, 1}
+    assert not any(pid_alive(p) for p in pids)
