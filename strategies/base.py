@@ -21,6 +21,9 @@ from sltestbed.trainer import TensorData
 from . import protocol as P
 
 
+SETUP_TIMEOUT = 600.0  # seconds for a node's first messages (it loads data and builds its model)
+
+
 @dataclass
 class Client:
     node_id: int
@@ -67,6 +70,7 @@ class Strategy:
         self.rounds: list[RoundRecord] = []
         self.round_trips = 0
         self.outstanding: dict[int, str] = {}  # node -> id of a message whose reply never came
+        self.warm: set[int] = set()  # nodes that have built their role (answered a step)
         train, test, tokenizer, collator = splits(cfg)
         self.vocab = len(tokenizer)
         self.base_dir = ensure_base_model(cfg.base, cfg.base_spec(), cfg.cache_dir, TensorData(train, collator),
@@ -147,30 +151,36 @@ class Strategy:
             msg = Message(content, dst_node_id=node, message_type=mtype)
             self._account(msg, "down", round, step, partition.get(node, -1), mtype)
             messages.append(msg)
-        replies, missing = self._send_and_receive(messages)
+        # a node's first message of a kind that builds its role (model, data) may take far longer
+        # than a step: it gets the set-up timeout
+        cold = any(n not in self.warm for n in requests) or any(t == P.INFO for t, _ in requests.values())
+        replies, missing = self._send_and_receive(messages, SETUP_TIMEOUT if cold else self.cfg.step_timeout)
         self.round_trips += 1
         out = {}
         for reply in replies:
             src = reply.metadata.src_node_id
             mtype = requests[src][0]
             if reply.has_error():
-                self._fail(round, step, partition.get(src, -1), mtype, f"client error: {reply.error.reason}")
+                reason = reply.error.reason.strip().splitlines()
+                self._fail(round, step, partition.get(src, -1), mtype, f"client error: {reason[-1][-300:] if reason else '?'}")
                 continue
             self._account(reply, "up", round, step, partition.get(src, -1), mtype)
             out[src] = reply.content
+            if mtype != P.INFO:
+                self.warm.add(src)
         for node, mid in missing.items():  # no reply within the timeout: the node stays busy
             self.outstanding[node] = mid
             self._fail(round, step, partition.get(node, -1), requests[node][0],
-                       f"no reply within {self.cfg.step_timeout} s")
+                       f"no reply within {SETUP_TIMEOUT if cold else self.cfg.step_timeout} s")
         return out
 
-    def _send_and_receive(self, messages: list[Message]):
-        """Push all messages, pull replies until every one is in or the step timeout passes.
+    def _send_and_receive(self, messages: list[Message], timeout: float):
+        """Push all messages, pull replies until every one is in or `timeout` passes.
         Returns (replies, {node: id of the message still unanswered})."""
         ids = dict(zip(self.grid.push_messages(messages), (m.metadata.dst_node_id for m in messages)))
         waiting = set(ids)
         replies = []
-        deadline = time.monotonic() + self.cfg.step_timeout
+        deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
             for reply in self.grid.pull_messages(list(waiting)):
                 waiting.discard(reply.metadata.reply_to_message_id)

@@ -17,6 +17,7 @@ A gradient pending on the client rides in the next message to it, whatever its t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,11 +74,11 @@ def get_batch(content: RecordDict) -> dict[str, torch.Tensor]:
 
 
 def put_state(content: RecordDict, state: dict[str, torch.Tensor]) -> None:
-    content["part"] = ArrayRecord({k: v.detach().cpu().numpy() for k, v in state.items()})
+    content["part"] = ArrayRecord(OrderedDict((k, v.detach().cpu()) for k, v in state.items()))
 
 
 def get_state(content: RecordDict) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in content["part"].items()}
+    return dict(content["part"].to_torch_state_dict())
 
 
 def put_meta(content: RecordDict, **values) -> None:
