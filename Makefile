@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 experiment: $(STAMP)
-	$(BIN)/python -m sltestbed.train --quantizer learned --bits 2 --reference fp32
+	$(BIN)/python -m simulations.launch
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -854,8 +854,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg[key] = str((here / str(cfg.get(key, default))).resolve())  # relative to where this was typed
     work = here / ".flwr_runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"flwr run {app_dir} with {args.supernodes} SuperNodes; overrides {cfg}", flush=True)
-    result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes,
-                                      {"client-resources-num-cpus": args.cpus_per_client}, args.timeout)
+    cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
+    result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes, {"client-resources-num-cpus": cpus},
+                                      args.timeout)
     print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s", flush=True)
     if not result.ok:
         print(result.status_details or result.stderr[-3000:], file=sys.stderr)

@@ -140,16 +140,18 @@ class Strategy:
                 "total_steps": self.client_steps}
 
     def exchange(self, requests: dict[int, tuple[str, RecordDict]], round: int, step: int,
-                 meta: dict | bool = True) -> dict[int, RecordDict]:
-        """Send one message to each node (all in one round trip), return the replies that came.
-        A node that fails or stays silent past the step timeout is recorded and left out."""
+                 meta: dict | bool = True, account: bool = True) -> dict[int, RecordDict]:
+        """Send one message to each node (all in one round trip), return the replies that came,
+        in node order. A node that fails or stays silent past the step timeout is recorded and
+        left out. `account=False` keeps the messages out of the ledger (the benchmark's)."""
         partition = {c.node_id: c.partition for c in getattr(self, "clients", [])}
         messages = []
         for node, (mtype, content) in requests.items():
             if meta is not False:
                 P.put_meta(content, **(meta if isinstance(meta, dict) else self.meta(round, step)))
             msg = Message(content, dst_node_id=node, message_type=mtype)
-            self._account(msg, "down", round, step, partition.get(node, -1), mtype)
+            if account:
+                self._account(msg, "down", round, step, partition.get(node, -1), mtype)
             messages.append(msg)
         # a node's first message of a kind that builds its role (model, data) may take far longer
         # than a step: it gets the set-up timeout
@@ -164,7 +166,8 @@ class Strategy:
                 reason = reply.error.reason.strip().splitlines()
                 self._fail(round, step, partition.get(src, -1), mtype, f"client error: {reason[-1][-300:] if reason else '?'}")
                 continue
-            self._account(reply, "up", round, step, partition.get(src, -1), mtype)
+            if account:
+                self._account(reply, "up", round, step, partition.get(src, -1), mtype)
             out[src] = reply.content
             if mtype != P.INFO:
                 self.warm.add(src)
@@ -172,7 +175,7 @@ class Strategy:
             self.outstanding[node] = mid
             self._fail(round, step, partition.get(node, -1), requests[node][0],
                        f"no reply within {SETUP_TIMEOUT if cold else self.cfg.step_timeout} s")
-        return out
+        return dict(sorted(out.items()))
 
     def _send_and_receive(self, messages: list[Message], timeout: float):
         """Push all messages, pull replies until every one is in or `timeout` passes.
@@ -221,7 +224,7 @@ class Strategy:
         if not replies:
             return None
         groups: dict[int, tuple] = {}
-        for node, content in replies.items():
+        for node, content in sorted(replies.items()):  # a fixed order, whatever order replies came in
             server = server_of(node)
             groups.setdefault(id(server), (server, []))[1].append((node, content))
         logits_of, batch_of = {}, {}
@@ -348,7 +351,7 @@ class Strategy:
                 content["echo"] = P.ConfigRecord({"echo": bytes(per_message["down"])})
                 requests[node] = (P.ECHO, content)
             t0 = time.perf_counter()
-            self.exchange(requests, 0, i, meta={"reply_bytes": per_message["up"]})
+            self.exchange(requests, 0, i, meta={"reply_bytes": per_message["up"]}, account=False)
             seconds.append(time.perf_counter() - t0)
         trips = 2 if self.cfg.labels == "client" else 1
         skip = min(3, len(self.step_seconds) // 2)  # leave out the first steps (caches, start-up)
