@@ -198,7 +198,15 @@ def _client_data(dataset, seed, test_fraction, image_size, partitioner, alpha, p
     shard = load_partition(test, partition_id, num_partitions, "iid", seed=seed)
     if len(mine) == 0:
         raise ValueError(f"partition {partition_id} of {num_partitions} is empty")
-    return TensorData(mine, collator), TensorData(shard, collator)
+    qtypes = question_types(dataset, seed, test_fraction, image_size)
+    return TensorData(mine, collator, qtypes), TensorData(shard, collator, qtypes)
+
+
+@functools.lru_cache(maxsize=4)
+def question_types(dataset: str, seed: int, test_fraction: float, image_size: int) -> list[str]:
+    """Every question type of the data set, sorted: the index both sides count by."""
+    train, test, _, _ = load_splits(dataset, seed, test_fraction, image_size)
+    return sorted(set(train.unique("qtype")) | set(test.unique("qtype")))
 
 
 def model_config(cfg: ExperimentConfig, vocab_size: int):

@@ -71,13 +71,15 @@ def set_trainable(model: TinyLlava, groups) -> list[nn.Parameter]:
 class TensorData:
     """A whole (small) data set collated once into tensors; batches are index slices."""
 
-    def __init__(self, dataset, collator):
+    def __init__(self, dataset, collator, qtypes: list[str] | None = None):
+        """`qtypes`: the question types to index by (default: those present); shards of one
+        data set pass the whole set's list, so an index means the same type everywhere."""
         if len(dataset) == 0:
             raise ValueError("empty data set")
         batch = collator([dataset[i] for i in range(len(dataset))])
         self.pixel_values, self.input_ids = batch["pixel_values"], batch["input_ids"]
         self.lengths, self.labels = batch["lengths"], batch["labels"]
-        self.qtypes = sorted(set(batch["qtype"]))
+        self.qtypes = sorted(qtypes if qtypes is not None else set(batch["qtype"]))
         self.qtype_index = torch.tensor([self.qtypes.index(q) for q in batch["qtype"]])
 
     def __len__(self) -> int:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from flwr.app import Message, RecordDict
 from flwr.common.serde import message_to_proto
 
-from sltestbed.experiment import ExperimentConfig, model_config, splits
+from sltestbed.experiment import ExperimentConfig, model_config, question_types, splits
 from sltestbed.ledger import ByteLedger
-from sltestbed.model import ClientPart, TinyLlava
+from sltestbed.model import PRESETS, ClientPart, TinyLlava
 from sltestbed.roles import OptimConfig, ServerRole, dequantized
 from sltestbed.train import ensure_base_model
 from sltestbed.trainer import TensorData
@@ -52,7 +52,6 @@ class RoundRecord:
     round_trips: int
     failures: int
     seconds: float
-    extra: dict = field(default_factory=dict)
 
 
 class Strategy:
@@ -275,8 +274,8 @@ class Strategy:
             by_node[node] = (logits, batch)
         correct, seen = {}, {}
         if self.cfg.labels == "server":
-            qtypes = splits(self.cfg)[1].unique("qtype")
-            names = sorted(qtypes)
+            names = question_types(self.cfg.dataset, self.cfg.seed, self.cfg.test_fraction,
+                                   PRESETS[self.cfg.preset]["image_size"])
             for logits, batch in by_node.values():
                 hit = (logits.argmax(-1) == batch["labels"]).float()
                 for i, q in enumerate(names):
