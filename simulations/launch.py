@@ -632,7 +632,7 @@ def _stop_all(reaper: ProcessReaper, term_timeout: float, raise_on_survivors: bo
     """Stop every harness process; complain about survivors unless an error is in flight."""
     left = reaper.stop(term_timeout=term_timeout)
     if left:
-        msg = f"flower_harness: processes survived SIGTERM+SIGKILL: {left}"
+        msg = f"launch: processes survived SIGTERM+SIGKILL: {left}"
         if raise_on_survivors:
             raise FlowerHarnessError(msg)
         print(msg, file=sys.stderr)

@@ -1,4 +1,4 @@
-"""End-to-end checks of tests/flower_harness.py on a tiny throwaway Flower app.
+"""End-to-end checks of simulations/launch.py on a tiny throwaway Flower app.
 
 The app (module ``harness_echo_app``, written into a tmp dir per test) has a ServerApp that
 sends one ``train.echo`` message per node for ``num-rounds`` rounds and writes what came
@@ -35,7 +35,7 @@ PYPROJECT = f"""\
 [project]
 name = "harness-echo-app"
 version = "0.1.0"
-description = "Throwaway app for tests/test_flower_harness.py"
+description = "Throwaway app for tests/test_launch.py"
 license = "Apache-2.0"
 dependencies = []
 
