@@ -38,9 +38,9 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def prepare_data(dataset: str, seed: int, test_fraction: float, image_size: int):
+def prepare_data(dataset: str, seed: int, test_fraction: float, image_size: int, options: dict | None = None):
     """Held-out split, tokenizer and collator; images rendered or resized to the model's size."""
-    ds = load_dataset(dataset, seed=seed, image_size=image_size)
+    ds = load_dataset(dataset, seed=seed, image_size=image_size, **(options or {}))
     train, test = split_holdout(ds, test_fraction=test_fraction, seed=seed)
     tokenizer = build_tokenizer([train, test])
     collator = VQACollator(tokenizer)
@@ -66,14 +66,18 @@ class BaseSpec:
     lr: float
     batch_size: int
     test_fraction: float
+    dataset_options: tuple = ()  # sorted (key, value) pairs
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        if not fields["dataset_options"]:  # keeps the names of caches made before options existed
+            del fields["dataset_options"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def base_spec(args) -> BaseSpec:
     return BaseSpec(args.dataset, args.preset, args.image_size, args.seed, args.base_epochs, args.lr, args.batch_size,
-                    args.test_fraction)
+                    args.test_fraction, tuple(sorted(args.dataset_options.items())))
 
 
 def train_centralized(spec: BaseSpec, train_data, test_data, vocab_size: int, progress: bool = True):
@@ -127,6 +131,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits-vqa", help="digits-vqa, shapes-vqa or hf:<path>")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the data set, e.g. num_images=8000 for shapes-vqa (repeatable)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--image-size", type=int, help="override the preset's image size (a multiple of its patch size)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30 centralized, 10 split)")
@@ -169,6 +175,11 @@ def parse_args(argv=None):
         args.runs = [(q, implied_bits(q, b)) for q, b in runs]
     except ValueError as exc:
         p.error(str(exc))
+    try:
+        args.dataset_options = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
+                                for k, v in (item.split("=", 1) for item in args.dataset_option)}
+    except ValueError:
+        p.error("--dataset-option takes KEY=VALUE")
     if args.epochs is None:
         args.epochs = 10 if args.runs else args.base_epochs
     return args
@@ -180,7 +191,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     train, test, tokenizer, collator = prepare_data(args.dataset, args.seed, args.test_fraction,
-                                                    args.image_size or PRESETS[args.preset]["image_size"])
+                                                    args.image_size or PRESETS[args.preset]["image_size"],
+                                                    args.dataset_options)
     train_data, test_data = TensorData(train, collator), TensorData(test, collator)
     vocab = len(tokenizer)
     baseline = majority_baseline(test)

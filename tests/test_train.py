@@ -76,3 +76,16 @@ def test_bad_stage_and_regime():
 def test_missing_base_directory():
     with pytest.raises(ValueError, match="no such model directory"):
         train.main(TINY + ["--quantizer", "learned", "--bits", "2", "--base", "/no/such/base"])
+
+
+def test_dataset_options_are_parsed():
+    args = train.parse_args(["--dataset", "shapes-vqa", "--dataset-option", "num_images=10",
+                             "--dataset-option", "max_objects=2"])
+    assert args.dataset_options == {"num_images": 10, "max_objects": 2}
+    assert train.base_spec(args).key() != train.base_spec(train.parse_args(["--dataset", "shapes-vqa"])).key()
+
+
+def test_bad_dataset_option(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--dataset-option", "num_images"])
+    assert "KEY=VALUE" in capsys.readouterr().err
