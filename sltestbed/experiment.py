@@ -171,10 +171,11 @@ def _width(scheme: str, bits: int) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def load_splits(dataset: str, seed: int, test_fraction: float, image_size: int):
-    """(train, test, tokenizer, collator), cached per process: both sides derive the same
-    vocabulary from the same seeded data."""
-    ds = load_dataset(dataset, seed=seed, image_size=image_size)
+def load_splits(dataset: str, seed: int, test_fraction: float, image_size: int, options: tuple = ()):
+    """(train, test, tokenizer, collator) with the images at the model's size, cached per
+    process: every party derives the same vocabulary from the same seeded data. `options`:
+    the data set's own options as sorted (key, value) pairs."""
+    ds = load_dataset(dataset, seed=seed, image_size=image_size, **dict(options))
     train, test = split_holdout(ds, test_fraction=test_fraction, seed=seed)
     tokenizer = build_tokenizer([train, test])
     return train, test, tokenizer, VQACollator(tokenizer)

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from .data import VQACollator, build_tokenizer, load_dataset, majority_baseline, split_holdout
+from .data import majority_baseline
+from .experiment import load_splits
 from .model import SplitTinyLlava, TinyLlava, preset
 from .model.config import PRESETS
 from .quantizers import SCHEMES, implied_bits
@@ -36,15 +37,6 @@ DEFAULT_CACHE = os.path.join(".cache", "sltestbed")
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def prepare_data(dataset: str, seed: int, test_fraction: float, image_size: int, options: dict | None = None):
-    """Held-out split, tokenizer and collator; images rendered or resized to the model's size."""
-    ds = load_dataset(dataset, seed=seed, image_size=image_size, **(options or {}))
-    train, test = split_holdout(ds, test_fraction=test_fraction, seed=seed)
-    tokenizer = build_tokenizer([train, test])
-    collator = VQACollator(tokenizer)
-    return train, test, tokenizer, collator
 
 
 def model_config(args, **overrides):
@@ -190,9 +182,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train, test, tokenizer, collator = prepare_data(args.dataset, args.seed, args.test_fraction,
-                                                    args.image_size or PRESETS[args.preset]["image_size"],
-                                                    args.dataset_options)
+    train, test, tokenizer, collator = load_splits(args.dataset, args.seed, args.test_fraction,
+                                                   args.image_size or PRESETS[args.preset]["image_size"],
+                                                   tuple(sorted(args.dataset_options.items())))
     train_data, test_data = TensorData(train, collator), TensorData(test, collator)
     vocab = len(tokenizer)
     baseline = majority_baseline(test)
