@@ -129,7 +129,7 @@ def step(msg: Message, context: Context) -> Message:
 @app.train("logits")
 def logits(msg: Message, context: Context) -> Message:
     cfg, role, test, version = _role(msg, context)
-    loss, dlogits = role.loss_and_logit_grad(P.decode_tensor(msg.content["logits"]["logits"]))
+    loss, dlogits = role.loss_and_logit_grad(P.get_logits(msg.content))
     content = RecordDict()
     content["loss"] = ConfigRecord({"loss": loss, "dlogits": P.encode_tensor(dlogits)})
     _save(msg, context, role, test, version)
@@ -160,7 +160,7 @@ def evaluate_forward(msg: Message, context: Context) -> Message:
 @app.evaluate("score")
 def evaluate_score(msg: Message, context: Context) -> Message:
     _, _, test, _ = _role(msg, context)
-    logits = P.decode_tensor(msg.content["logits"]["logits"])
+    logits = P.get_logits(msg.content)
     return _reply(msg, _score(logits.argmax(-1) == test.labels, test))
 
 

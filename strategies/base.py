@@ -288,9 +288,10 @@ class Strategy:
                 self._add_scores(content, correct, seen)
         return self._accuracy(correct, seen)
 
-    def _logits_content(self, logits: torch.Tensor) -> RecordDict:
+    @staticmethod
+    def _logits_content(logits: torch.Tensor) -> RecordDict:
         content = RecordDict()
-        content["logits"] = P.ConfigRecord({"logits": P.encode_tensor(logits)})
+        P.put_logits(content, logits)
         return content
 
     @staticmethod

@@ -59,6 +59,14 @@ def decode_tensor(data: bytes) -> torch.Tensor:
     return dequantize(codec.decode(data, expect_scheme="fp32"))
 
 
+def put_logits(content: RecordDict, logits: torch.Tensor) -> None:
+    content["logits"] = ConfigRecord({"logits": encode_tensor(logits)})
+
+
+def get_logits(content: RecordDict) -> torch.Tensor:
+    return decode_tensor(content["logits"]["logits"])
+
+
 def put_batch(content: RecordDict, lengths: torch.Tensor, labels: torch.Tensor | None = None,
               qtype_index: torch.Tensor | None = None) -> None:
     record = {"lengths": lengths.tolist()}
