@@ -15,8 +15,10 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from sltestbed.experiment import ExperimentConfig, client_data, model_config, splits
-from sltestbed.model import TinyLlava
+from sltestbed import calibration
+from sltestbed.experiment import ExperimentConfig, client_data, model_config, quantizer_overrides, splits
+from sltestbed.model import ClientPart, TinyLlava
+from sltestbed.model.tinyllava import MODALITIES
 from sltestbed.roles import ClientRole, OptimConfig, dequantized
 from sltestbed.trainer import Stage, train_stage
 from strategies import protocol as P
@@ -34,10 +36,18 @@ def _node(context: Context) -> tuple[int, int]:
                          f"--node-config 'partition-id=<i> num-partitions=<n>'") from None
 
 
+def _config(context: Context, meta=None) -> ExperimentConfig:
+    """The run config; with bits="auto", resolved by the widths the server sends once chosen."""
+    cfg = ExperimentConfig.from_run_config(dict(context.run_config))
+    if cfg.auto_bits and meta is not None and "image_bits" in meta:
+        cfg = cfg.resolved({m: int(meta[f"{m}_bits"]) for m in MODALITIES})
+    return cfg
+
+
 def _model(cfg: ExperimentConfig, meta) -> TinyLlava:
     base = str(meta.get("base", ""))
     if base:
-        return TinyLlava.from_pretrained(base, quantizer=cfg.quantizer, bits=cfg.act_bits)
+        return TinyLlava.from_pretrained(base, **quantizer_overrides(cfg))
     torch.manual_seed(cfg.seed)  # no base: every party starts from the same seeded weights
     return TinyLlava(model_config(cfg, len(splits(cfg)[2])))
 
@@ -45,7 +55,7 @@ def _model(cfg: ExperimentConfig, meta) -> TinyLlava:
 def _role(msg: Message, context: Context):
     """This node's role: the cached object when it holds the latest state, the cached object
     reloaded from `context.state` when another actor served the node since, a new one otherwise."""
-    cfg = ExperimentConfig.from_run_config(dict(context.run_config))
+    cfg = _config(context, msg.content["meta"])
     pid, nparts = _node(context)
     key = (msg.metadata.run_id, msg.metadata.dst_node_id)
     version = int(context.state["sl"]["version"]) if "sl" in context.state else 0
@@ -89,11 +99,27 @@ def _reply(msg: Message, content: RecordDict) -> Message:
 
 @app.query("info")
 def info(msg: Message, context: Context) -> Message:
-    cfg = ExperimentConfig.from_run_config(dict(context.run_config))
+    cfg = _config(context)
     pid, nparts = _node(context)
     train, test = client_data(cfg, pid, nparts)
     content = RecordDict()
     P.put_meta(content, partition=pid, num_partitions=nparts, train_size=len(train), test_size=len(test))
+    return _reply(msg, content)
+
+
+@app.query("calibrate")
+def calibrate(msg: Message, context: Context) -> Message:
+    """bits="auto": the entropy report of this node's first training batches (summaries only)."""
+    cfg = _config(context)
+    meta = msg.content["meta"]
+    pid, nparts = _node(context)
+    train, _ = client_data(cfg, pid, nparts)
+    probe = cfg.resolved({m: 8 for m in MODALITIES})  # the normalisation does not depend on the width
+    part = ClientPart(_model(probe, meta), cfg.cut_layers)
+    report = calibration.calibrate(part, train, int(meta["batch_size"]), int(meta["batches"]), cfg.seed + pid,
+                                   float(meta["max_rel_mse"]))
+    content = RecordDict()
+    P.put_calibration(content, calibration.to_dict(report))
     return _reply(msg, content)
 
 
@@ -199,7 +225,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 
 def _local_model(msg: Message, context: Context):
-    cfg = ExperimentConfig.from_run_config(dict(context.run_config))
+    cfg = _config(context)
     pid, nparts = _node(context)
     meta = msg.content["meta"]
     train, test = client_data(cfg, pid, nparts)

@@ -29,6 +29,9 @@ def write_results(directory: str, cfg, strategy, seconds: float) -> dict:
         json.dump({"config": cfg.to_dict(), "seed": cfg.seed, "versions": package_versions(),
                    "base_model": strategy.base_dir, "clients": [asdict(c) for c in strategy.clients]}, f, indent=2)
     strategy.ledger.write_csv(os.path.join(directory, "ledger.csv"))
+    if strategy.calibration:
+        with open(os.path.join(directory, "calibration.json"), "w") as f:
+            json.dump(strategy.calibration, f)
     with open(os.path.join(directory, "metrics.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["round", "loss", "accuracy", "bytes_up", "bytes_down", "round_trips", "failures", "seconds"])
@@ -38,13 +41,18 @@ def write_results(directory: str, cfg, strategy, seconds: float) -> dict:
     last = strategy.rounds[-1]
     summary = {
         "accuracy": last.accuracy, "accuracy_by_type": last.accuracy_by_type,
-        "strategy": cfg.strategy, "quantizer": cfg.quantizer, "bits": cfg.act_bits,
+        "strategy": cfg.strategy, "quantizer": cfg.quantizer, "bits": "auto" if cfg.auto_bits else cfg.act_bits,
+        "modality_bits": cfg.widths,
         "grad_quantizer": cfg.grad_quantizer, "grad_bits": cfg.gradient_bits, "labels": cfg.labels,
         "entropy_coding": cfg.entropy_coding, "seed": cfg.seed, "num_rounds": cfg.num_rounds,
         "clients": len(strategy.clients), "round_trips": strategy.round_trips, "seconds": seconds,
         "failures": [asdict(f) for f in strategy.failures],
         "bytes": strategy.ledger.totals(),
     }
+    if strategy.calibration:
+        summary["calibration"] = {m: {"bits": b, **{k: [r[m][k] for r in strategy.calibration["clients"].values()]
+                                                    for k in ("entropy_bits", "needed_bits")}}
+                                  for m, b in strategy.calibration["bits"].items()}
     if strategy.roundtrip:
         summary["roundtrip_benchmark"] = strategy.roundtrip
     with open(os.path.join(directory, "summary.json"), "w") as f:
@@ -54,7 +62,7 @@ def write_results(directory: str, cfg, strategy, seconds: float) -> dict:
 
 def summary_table(summary: dict, directory: str) -> str:
     lines = [f"results in {directory}",
-             f"strategy {summary['strategy']}, activations {summary['quantizer']} {summary['bits']} bits, "
+             f"strategy {summary['strategy']}, activations {summary['quantizer']} {_widths(summary)} bits, "
              f"gradients {summary['grad_quantizer']} {summary['grad_bits']} bits, labels at the {summary['labels']}",
              f"final accuracy {summary['accuracy']:.4f}  "
              + "  ".join(f"{q} {a:.3f}" for q, a in summary["accuracy_by_type"].items()),
@@ -66,3 +74,9 @@ def summary_table(summary: dict, directory: str) -> str:
         for kind, cell in sorted(kinds.items()):
             lines.append(f"{direction:9s} {kind:12s} {cell['ideal']:>14,} {cell['serialized']:>17,}")
     return "\n".join(lines)
+
+
+def _widths(summary: dict) -> str:
+    widths = summary["modality_bits"]
+    label = str(widths["image"]) if len(set(widths.values())) == 1 else ", ".join(f"{m} {b}" for m, b in widths.items())
+    return f"{label} (auto)" if summary["bits"] == "auto" else label

@@ -33,7 +33,7 @@ def log(message: str) -> None:
 def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = ExperimentConfig.from_run_config(dict(context.run_config))  # a bad value stops the run here
-    log(f"run {cfg.name}: {cfg.strategy}, {cfg.quantizer} {cfg.act_bits} bits, {cfg.num_rounds} rounds")
+    log(f"run {cfg.name}: {cfg.strategy}, {cfg.quantizer} {cfg.bits_label} bits, {cfg.num_rounds} rounds")
     strategy = make_strategy(grid, cfg, log)
     strategy.run()
     directory = output_directory(cfg)
@@ -41,5 +41,5 @@ def main(grid: Grid, context: Context) -> None:
         model = strategy.trained_model()
         if model is not None:
             model.save_pretrained(os.path.join(directory, "model"))
-    summary = write_results(directory, cfg, strategy, time.perf_counter() - started)
+    summary = write_results(directory, strategy.cfg, strategy, time.perf_counter() - started)
     print(summary_table(summary, directory), flush=True)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from .data import VQACollator, build_tokenizer, load_dataset, load_partition, split_holdout
 from .data.partition import PARTITIONERS
 from .model import PRESETS, parse_cut, preset
-from .quantizers import SCHEMES, implied_bits, scheme_class
+from .model.tinyllava import MODALITIES
+from .quantizers import AUTO_BITS_SCHEMES, SCHEMES, implied_bits, scheme_class
 from .roles import GRADIENT_SCHEMES
 from .trainer import MODULE_GROUPS, TensorData
 
@@ -24,7 +25,11 @@ STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
 class ExperimentConfig:
     strategy: str = "parallel"
     quantizer: str = "learned"
-    bits: int = 2  # 0: implied by the quantizer (fp32 32, fp16 / bf16 16)
+    bits: int | str = 2  # 0: implied by the quantizer (fp32 32, fp16 / bf16 16); "auto": chosen by calibration
+    image_bits: int = 0  # a width for one modality (0: `bits`); with bits="auto", calibration sets them
+    text_bits: int = 0
+    auto_batches: int = 8  # bits="auto": calibration batches per client
+    auto_max_rel_mse: float = 0.05  # bits="auto": the distortion budget (MSE / variance of the normalised features)
     grad_quantizer: str = "fp32"
     grad_bits: int = 0
     entropy_coding: bool = False
@@ -67,6 +72,9 @@ class ExperimentConfig:
         for key, value in run_config.items():
             f = known[key]
             kind = type(f.default)
+            if key == "bits" and value == "auto":
+                values[f.name] = value
+                continue
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -91,7 +99,23 @@ class ExperimentConfig:
         choose("labels", self.labels, ("server", "client"))
         choose("preset", self.preset, tuple(PRESETS))
         choose("partitioner", self.partitioner, tuple(PARTITIONERS))
-        for key, name, value in (("bits", self.quantizer, self.bits), ("grad-bits", self.grad_quantizer, self.grad_bits)):
+        if self.auto_bits:
+            if self.quantizer not in AUTO_BITS_SCHEMES:
+                raise ValueError(f"run config 'bits' = 'auto' needs a quantizer that normalises its features: "
+                                 f"{', '.join(AUTO_BITS_SCHEMES)} (quantizer is {self.quantizer!r})")
+            if self.strategy == "fedavg":
+                raise ValueError("run config 'bits' = 'auto' chooses the widths at the cut; strategy 'fedavg' has no cut")
+            at_least("auto-batches", self.auto_batches, 1)
+            if not 0 < self.auto_max_rel_mse < 1:
+                raise ValueError(f"run config 'auto-max-rel-mse' = {self.auto_max_rel_mse} is out of range: "
+                                 "must be in (0, 1)")
+        checks = [("grad-bits", self.grad_quantizer, self.grad_bits)]
+        checks += [] if self.auto_bits else [("bits", self.quantizer, self.bits)]
+        checks += [(f"{m}-bits", self.quantizer, getattr(self, f"{m}_bits")) for m in MODALITIES
+                   if getattr(self, f"{m}_bits")]
+        for key, name, value in checks:
+            if isinstance(value, str):
+                raise ValueError(f"run config '{key}' = {value!r}: use an integer (or 'auto' for bits)")
             try:
                 _width(name, value)
             except ValueError as exc:
@@ -137,16 +161,50 @@ class ExperimentConfig:
         return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
 
     @property
+    def auto_bits(self) -> bool:
+        return self.bits == "auto"
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """The activation bit width per modality. With bits="auto" only after `resolved`."""
+        out = {}
+        for m in MODALITIES:
+            own = getattr(self, f"{m}_bits")
+            if own:
+                out[m] = _width(self.quantizer, own)
+            elif self.auto_bits:
+                raise ValueError("bits='auto': the widths are chosen by calibration; use the resolved config")
+            else:
+                out[m] = _width(self.quantizer, self.bits)
+        return out
+
+    @property
     def act_bits(self) -> int:
-        return _width(self.quantizer, self.bits)
+        """The widest modality's width (the run's nominal width)."""
+        return max(self.widths.values())
+
+    def resolved(self, widths: dict[str, int]) -> "ExperimentConfig":
+        """This config with the widths calibration chose (bits stays "auto", for the record)."""
+        return replace(self, **{f"{m}_bits": int(widths[m]) for m in MODALITIES})
 
     @property
     def gradient_bits(self) -> int:
         return _width(self.grad_quantizer, self.grad_bits)
 
     @property
+    def bits_label(self) -> str:
+        """'2' / '32' / 'auto' / 'image 3, text 2': the widths as a table shows them."""
+        if self.auto_bits:
+            return "auto"
+        widths = self.widths
+        if len(set(widths.values())) == 1:
+            return str(widths["image"])
+        return ", ".join(f"{m} {b}" for m, b in widths.items())
+
+    @property
     def name(self) -> str:
-        return self.run_name or f"{self.strategy}-{self.quantizer}-{self.act_bits}b-seed{self.seed}"
+        bits = self.bits_label.replace(", ", "-").replace(" ", "")
+        return self.run_name or f"{self.strategy}-{self.quantizer}-{bits}b{'-ec' if self.entropy_coding else ''}-seed{self.seed}"
 
     @property
     def cut_layers(self) -> int:
@@ -211,4 +269,9 @@ def question_types(dataset: str, seed: int, test_fraction: float, image_size: in
 
 
 def model_config(cfg: ExperimentConfig, vocab_size: int):
-    return preset(cfg.preset, vocab_size=vocab_size, quantizer=cfg.quantizer, bits=cfg.act_bits)
+    return preset(cfg.preset, vocab_size=vocab_size, **quantizer_overrides(cfg))
+
+
+def quantizer_overrides(cfg: ExperimentConfig) -> dict:
+    """The model-config keys of the run's quantizers at the cut."""
+    return {"quantizer": cfg.quantizer, "bits": cfg.act_bits, "modality_bits": cfg.widths}

@@ -11,7 +11,8 @@ import torch
 from flwr.app import Message, RecordDict
 from flwr.common.serde import message_to_proto
 
-from sltestbed.experiment import ExperimentConfig, model_config, question_types, splits
+from sltestbed import calibration
+from sltestbed.experiment import ExperimentConfig, model_config, question_types, quantizer_overrides, splits
 from sltestbed.ledger import ByteLedger
 from sltestbed.model import PRESETS, ClientPart, TinyLlava
 from sltestbed.roles import OptimConfig, ServerRole, dequantized
@@ -75,6 +76,9 @@ class Strategy:
         self.base_dir = ensure_base_model(cfg.base, cfg.base_spec(), cfg.cache_dir, TensorData(train, collator),
                                           TensorData(test, collator), self.vocab, progress=False)
         self.clients = self.discover()
+        self.calibration: dict = {}
+        if cfg.auto_bits:
+            self.calibrate()
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.pending_grads: dict[int, dict] = {}  # node -> gradient payloads to deliver with its next message
         self.pending_part: dict[int, dict] = {}  # node -> client-part weights to deliver with its next message
@@ -84,7 +88,7 @@ class Strategy:
     # --- set-up ---------------------------------------------------------------------------
     def new_model(self) -> TinyLlava:
         if self.base_dir:
-            return TinyLlava.from_pretrained(self.base_dir, quantizer=self.cfg.quantizer, bits=self.cfg.act_bits)
+            return TinyLlava.from_pretrained(self.base_dir, **quantizer_overrides(self.cfg))
         torch.manual_seed(self.cfg.seed)
         return TinyLlava(model_config(self.cfg, self.vocab))
 
@@ -103,6 +107,24 @@ class Strategy:
         self.log(f"{len(clients)} clients: " + ", ".join(f"partition {c.partition} ({c.train_size} train, "
                                                           f"{c.test_size} test)" for c in clients))
         return clients
+
+    def calibrate(self) -> None:
+        """bits="auto": every client reports the entropy of its first batches' normalised
+        features per modality; the run then uses, per modality, the largest width chosen."""
+        batch = max(1, math.ceil(self.cfg.batch_size / len(self.clients)))
+        requests = {c.node_id: (P.CALIBRATE, RecordDict()) for c in self.clients}
+        replies = self.exchange(requests, round=0, step=0, meta={
+            "base": self.base_dir or "", "batch_size": batch, "batches": self.cfg.auto_batches,
+            "max_rel_mse": self.cfg.auto_max_rel_mse})
+        partition = {c.node_id: c.partition for c in self.clients}
+        self.calibration = calibration.combine({partition[n]: P.get_calibration(c) for n, c in replies.items()})
+        self.cfg = self.cfg.resolved(self.calibration["bits"])
+        self.log("calibration: " + "; ".join(
+            f"{m} {b} bits (h {self._pooled(m, 'entropy_bits')}, H* {self._pooled(m, 'needed_bits')})"
+            for m, b in self.calibration["bits"].items()))
+
+    def _pooled(self, modality: str, key: str) -> str:
+        return "/".join(f"{r[modality][key]:.2f}" for r in self.calibration["clients"].values())
 
     def sample(self) -> list[Client]:
         """Clients of this round: a seeded fraction of those with no reply outstanding."""
@@ -135,8 +157,11 @@ class Strategy:
     client_steps: int = 1
 
     def meta(self, round: int, step: int) -> dict:
-        return {"round": round, "step": step, "base": self.base_dir or "", "batch_size": self.client_batch,
+        meta = {"round": round, "step": step, "base": self.base_dir or "", "batch_size": self.client_batch,
                 "total_steps": self.client_steps}
+        if self.cfg.auto_bits:  # the widths calibration chose, for the clients to build their quantizers
+            meta.update({f"{m}_bits": b for m, b in self.cfg.widths.items()})
+        return meta
 
     def exchange(self, requests: dict[int, tuple[str, RecordDict]], round: int, step: int,
                  meta: dict | bool = True, account: bool = True) -> dict[int, RecordDict]:
@@ -154,7 +179,7 @@ class Strategy:
             messages.append(msg)
         # a node's first message of a kind that builds its role (model, data) may take far longer
         # than a step: it gets the set-up timeout
-        cold = any(n not in self.warm for n in requests) or any(t == P.INFO for t, _ in requests.values())
+        cold = any(n not in self.warm for n in requests) or any(t in P.SETUP for t, _ in requests.values())
         replies, missing = self._send_and_receive(messages, SETUP_TIMEOUT if cold else self.cfg.step_timeout)
         self.round_trips += 1
         out = {}
@@ -168,7 +193,7 @@ class Strategy:
             if account:
                 self._account(reply, "up", round, step, partition.get(src, -1), mtype)
             out[src] = reply.content
-            if mtype != P.INFO:
+            if mtype not in P.SETUP:
                 self.warm.add(src)
         for node, mid in missing.items():  # no reply within the timeout: the node stays busy
             self.outstanding[node] = mid

@@ -11,12 +11,14 @@ Every message's content is a RecordDict of these records (each optional):
     loss    ConfigRecord   {"loss": float, "dlogits": codec bytes}  client -> server      (loss, gradients)
     part    ArrayRecord    client-part or whole-model weights                              (model)
     score   MetricRecord   evaluation counts                                               (config)
+    calibration ConfigRecord  per-modality entropy report as JSON, client -> server       (config)
 
 A gradient pending on the client rides in the next message to it, whatever its type.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -32,6 +34,8 @@ STEP = "train.step"  # [grads] -> acts, batch
 LOGITS = "train.logits"  # logits -> loss (labels kept on the client)
 LOCAL = "train.local"  # part (whole model) -> part (FedAvg)
 INFO = "query.info"  # -> meta (partition id, data sizes)
+CALIBRATE = "query.calibrate"  # -> calibration (bits="auto": entropy report of the first batches)
+SETUP = (INFO, CALIBRATE)  # messages before training: a node may still be loading
 ECHO = "query.echo"  # echo bytes -> echo bytes: a bare round trip, for the benchmark
 PART = "query.part"  # [grads] -> part (client part, for hand-off and averaging)
 EVAL = "evaluate.forward"  # [grads] [part] -> acts, batch (test shard)
@@ -91,6 +95,14 @@ def get_state(content: RecordDict) -> dict[str, torch.Tensor]:
 
 def put_meta(content: RecordDict, **values) -> None:
     content["meta"] = ConfigRecord(values)
+
+
+def put_calibration(content: RecordDict, report: dict) -> None:
+    content["calibration"] = ConfigRecord({"report": json.dumps(report)})
+
+
+def get_calibration(content: RecordDict) -> dict:
+    return json.loads(content["calibration"]["report"])
 
 
 # --- accounting ----------------------------------------------------------------------------

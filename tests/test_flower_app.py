@@ -152,3 +152,27 @@ def test_deployment_engine_runs_the_same_app(tmp_path):
     assert summary["clients"] == 2 and 0 <= summary["accuracy"] <= 1
     assert {int(r["client"]) for r in ledger if r["kind"] == "activations"} == {0, 1}
     assert not any(pid_alive(p) for p in pids)
+
+
+def test_auto_bits_calibrates_chooses_and_uses_the_chosen_widths(link, tmp_path):
+    result, out = run(link, tmp_path, **{"bits": "auto", "auto-batches": 2, "auto-max-rel-mse": 0.02})
+    assert result.ok, result.describe()
+    summary, ledger, _ = results(out)
+    report = json.loads((out / "calibration.json").read_text())
+    chosen = report["bits"]
+    assert set(chosen) == {"image", "text"} and set(report["clients"]) == {"0", "1"}
+    for m, b in chosen.items():  # the run uses, per modality, the widest choice of any client
+        assert b == max(c[m]["bits"] for c in report["clients"].values())
+        for c in report["clients"].values():
+            assert len(c[m]["batch_entropy"]) == 2 and len(c[m]["density"]) == 2
+            assert c[m]["bits"] == min(x for x in range(1, 9) if x >= c[m]["needed_bits"])
+            assert c[m]["choice"]["max_rel_mse"] == 0.02
+    assert summary["bits"] == "auto" and summary["modality_bits"] == chosen
+    assert summary["calibration"]["image"]["bits"] == chosen["image"]
+    acts = [r for r in ledger if r["kind"] == "activations"]
+    assert {int(r["bits"]) for r in acts} == set(chosen.values())
+    for r in acts:
+        assert int(r["ideal_bytes"]) == math.ceil(int(r["elements"]) * int(r["bits"]) / 8)
+    calib = [r for r in ledger if r["message_type"] == "query.calibrate"]
+    assert {r["direction"] for r in calib} == {"up", "down"}  # the reports are counted too
+

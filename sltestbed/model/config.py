@@ -33,6 +33,7 @@ class TinyLlavaConfig:
     # quantizers at the cut, one per modality (image tokens, text tokens)
     quantizer: str = "fp32"
     bits: int | None = None
+    modality_bits: dict = field(default_factory=dict)  # e.g. {"image": 3}: a width per modality, else `bits`
     quantizer_options: dict = field(default_factory=dict)
     # optional local checkpoints for components
     vision_path: str | None = None
@@ -65,6 +66,14 @@ class TinyLlavaConfig:
         from ..quantizers import implied_bits
 
         self.bits = implied_bits(self.quantizer, self.bits)
+        unknown = sorted(set(self.modality_bits) - {"image", "text"})
+        if unknown:
+            raise ValueError(f"modality_bits: unknown modality {unknown}; the modalities are image, text")
+        self.modality_bits = {m: implied_bits(self.quantizer, b) for m, b in sorted(self.modality_bits.items())}
+
+    def bits_of(self, modality: str) -> int:
+        """The bit width of one modality's quantizer."""
+        return self.modality_bits.get(modality, self.bits)
 
     @property
     def image_tokens(self) -> int:

@@ -39,7 +39,7 @@ class TinyLlava(nn.Module):
         encoders, decoders = {}, {}
         for modality in MODALITIES:
             encoders[modality], decoders[modality] = build_quantizer(
-                config.quantizer, config.bits, dim=self.lm_hidden, **config.quantizer_options)
+                config.quantizer, config.bits_of(modality), dim=self.lm_hidden, **config.quantizer_options)
         self.quant_encoders = nn.ModuleDict(encoders)
         self.quant_decoders = nn.ModuleDict(decoders)
 

@@ -12,7 +12,7 @@ import inspect
 
 import torch
 
-from .base import Field, Payload, QuantizerDecoder, QuantizerEncoder, QuantOut, check_features, check_finite
+from .base import AUTO_BITS_SCHEMES, Field, Payload, QuantizerDecoder, QuantizerEncoder, QuantOut, check_features, check_finite
 from .fsq import FSQDecoder, FSQEncoder
 from .learned import LearnedDecoder, LearnedEncoder, distortion_loss
 from .nf import NFEncoder, nf_levels
@@ -72,7 +72,7 @@ def dequantize(payload: Payload) -> torch.Tensor:
 
 
 __all__ = [
-    "ENCODERS", "SCHEMES", "Field", "Payload", "QuantOut", "QuantizerDecoder", "QuantizerEncoder",
+    "AUTO_BITS_SCHEMES", "ENCODERS", "SCHEMES", "Field", "Payload", "QuantOut", "QuantizerDecoder", "QuantizerEncoder",
     "build_quantizer", "check_features", "check_finite", "dequantize", "distortion_loss", "implied_bits",
     "nf_levels", "scheme_class",
 ]

@@ -138,6 +138,9 @@ def affine_codes(u: torch.Tensor, scale: float, offset: float, top: int) -> torc
     return out.reshape(u.shape)
 
 
+AUTO_BITS_SCHEMES = ("learned", "uniform")  # the schemes that implement `normalise`
+
+
 class QuantizerEncoder(nn.Module):
     """Sender half. Subclasses set `scheme`, `bits_range`, and implement `prepare`,
     `quantize` and `dequantize`."""
@@ -179,6 +182,14 @@ class QuantizerEncoder(nn.Module):
 
     def regulariser(self, prepared: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return prepared.new_zeros(())
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The features as this scheme sees them before rounding, on [-1, 1] (what the
+        entropy-based bit-width selection measures). Schemes whose grid is not a fixed
+        normalisation of the features to [-1, 1] have none."""
+        raise ValueError(f"quantizer '{self.scheme}' has no normalisation of the features to [-1, 1], so its "
+                         f"bit width cannot be chosen from their entropy (bits='auto' works with "
+                         f"{', '.join(AUTO_BITS_SCHEMES)})")
 
     # --- the two paths ------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> QuantOut:

@@ -68,11 +68,22 @@ class LearnedEncoder(QuantizerEncoder):
         top = 2**payload.bits - 1
         return (payload.fields[0].data.float() * (2.0 / top) - 1.0).reshape(payload.shape)
 
+    @staticmethod
+    def _normalised(u: torch.Tensor, q_min: torch.Tensor, q_max: torch.Tensor) -> torch.Tensor:
+        return 2 * (torch.minimum(torch.maximum(u, q_min), q_max) - q_min + EPS) / (q_max - q_min + EPS) - 1
+
+    @torch.no_grad()
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """z in [-1, 1]: projected, clipped at mu +- 3 sigma, scaled (the grid's domain)."""
+        check_features(x)
+        u = self._project(x)
+        return self._normalised(u, *self._range(u)).clamp_(-1.0, 1.0)
+
     def forward(self, x: torch.Tensor) -> QuantOut:
         check_features(x)
         u = self._project(x)
         q_min, q_max = self._range(u)
-        z = 2 * (torch.minimum(torch.maximum(u, q_min), q_max) - q_min + EPS) / (q_max - q_min + EPS) - 1
+        z = self._normalised(u, q_min, q_max)
         with torch.no_grad():
             payload = self._payload(u.detach(), q_min.detach(), q_max.detach())
             z_hat = self.dequantize(payload)

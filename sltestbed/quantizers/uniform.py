@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Field, Payload, QuantizerEncoder, affine_codes, check_finite
+from .base import Field, Payload, QuantizerEncoder, affine_codes, check_features, check_finite
 
 
 class UniformEncoder(QuantizerEncoder):
@@ -28,14 +28,19 @@ class UniformEncoder(QuantizerEncoder):
             self._generator = torch.Generator(device=like.device).manual_seed(self.seed)
         return torch.rand(like.shape, generator=self._generator, device=like.device)
 
-    def quantize(self, x: torch.Tensor, prepared: torch.Tensor) -> Payload:
-        v = prepared
+    def _range(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """min and max, per tensor or per channel (NaN / Inf raise)."""
         if self.per_channel:
             flat = v.reshape(-1, v.shape[-1])
             lo, hi = flat.amin(0), flat.amax(0)
         else:
             lo, hi = torch.aminmax(v)
         check_finite(lo + hi)
+        return lo, hi
+
+    def quantize(self, x: torch.Tensor, prepared: torch.Tensor) -> Payload:
+        v = prepared
+        lo, hi = self._range(v)
         top = self.levels - 1
         scale = (hi - lo) / top
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -49,6 +54,15 @@ class UniformEncoder(QuantizerEncoder):
         side = (Field(lo.reshape(-1).float(), 32), Field(scale.reshape(-1).float(), 32))
         return Payload(self.scheme, self.bits, tuple(v.shape), (Field(codes, self.bits),) + side,
                        params=(int(self.per_channel),))
+
+    @torch.no_grad()
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """2 (x - min) / (max - min) - 1, per tensor or per channel: the grid's domain."""
+        check_features(x)
+        v = x.float()
+        lo, hi = self._range(v)
+        span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+        return (2 * (v - lo) / span - 1).clamp_(-1.0, 1.0)
 
     @staticmethod
     def dequantize(payload: Payload) -> torch.Tensor:
