@@ -30,6 +30,7 @@ class LedgerRow:
     serialized_bytes: int
     message_bytes: int
     message_type: str = ""
+    message: int = -1  # sequence number of the message it travelled in (rows of one message share it)
 
 
 def ideal_bytes(elements: int, bits: int) -> int:
@@ -41,13 +42,14 @@ class ByteLedger:
         self.rows: list[LedgerRow] = []
 
     def record(self, *, round: int, step: int, client: int, direction: str, kind: str, elements: int, bits: int,
-               serialized_bytes: int, message_bytes: int, message_type: str = "") -> LedgerRow:
+               serialized_bytes: int, message_bytes: int, message_type: str = "", message: int = -1) -> LedgerRow:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         row = LedgerRow(round, step, client, direction, kind, int(elements), int(bits),
-                        ideal_bytes(elements, bits), int(serialized_bytes), int(message_bytes), message_type)
+                        ideal_bytes(elements, bits), int(serialized_bytes), int(message_bytes), message_type,
+                        int(message))
         self.rows.append(row)
         return row
 
@@ -80,7 +82,7 @@ class ByteLedger:
         ledger = cls()
         with open(path, newline="") as f:
             for rec in csv.DictReader(f):
-                ledger.rows.append(LedgerRow(**{
+                ledger.rows.append(LedgerRow(**{  # a column an older ledger lacks keeps its default
                     fl.name: (int(rec[fl.name]) if fl.type in (int, "int") else rec[fl.name])
-                    for fl in fields(LedgerRow)}))
+                    for fl in fields(LedgerRow) if fl.name in rec}))
         return ledger

@@ -72,16 +72,24 @@ def base_spec(args) -> BaseSpec:
                     args.test_fraction, tuple(sorted(args.dataset_options.items())))
 
 
-def train_centralized(spec: BaseSpec, train_data, test_data, vocab_size: int, progress: bool = True):
+def train_centralized(spec: BaseSpec, train_data, test_data, vocab_size: int, progress: bool = True,
+                      log_fn=None):
+    """The unsplit model trained on all the data; without a progress bar, `log_fn` gets a line
+    every 5 epochs."""
     torch.manual_seed(spec.seed)
     model = TinyLlava(model_config(spec, vocab_size=vocab_size))
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if log_fn is not None and not progress and (epoch % 5 == 0 or epoch == spec.epochs):
+            log_fn(f"base model: epoch {epoch}/{spec.epochs}, training loss {loss:.4f}")
+
     losses = train_stage(model, model, train_data, stage_regime("full", spec.epochs, spec.lr)[0], spec.batch_size,
-                         spec.seed, progress=progress)
+                         spec.seed, progress=progress, on_epoch=on_epoch)
     return model, {"losses": losses, **evaluate(model, test_data)}
 
 
 def ensure_base_model(base: str, spec: BaseSpec, cache_dir: str, train_data, test_data, vocab_size: int,
-                      progress: bool = True) -> str | None:
+                      progress: bool = True, log_fn=log) -> str | None:
     """Directory of the base checkpoint: `base` itself if it is a directory, None for 'none',
     and for 'auto' the centralized reference of `spec`, trained now unless cached."""
     if base == "none":
@@ -92,17 +100,17 @@ def ensure_base_model(base: str, spec: BaseSpec, cache_dir: str, train_data, tes
         return base
     directory = os.path.join(cache_dir, f"base-{spec.key()}")
     if os.path.isfile(os.path.join(directory, "model.safetensors")):
-        log(f"base model: cached at {directory}")
+        log_fn(f"base model: cached at {directory}")
         return directory
-    log(f"base model: training the centralized reference for {spec.epochs} epochs (cached at {directory})")
-    model, result = train_centralized(spec, train_data, test_data, vocab_size, progress)
+    log_fn(f"base model: training the centralized reference for {spec.epochs} epochs (cached at {directory})")
+    model, result = train_centralized(spec, train_data, test_data, vocab_size, progress, log_fn)
     tmp = f"{directory}.tmp-{os.getpid()}"  # written aside, then renamed: readers never see half a model
     model.save_pretrained(tmp)
     if os.path.exists(directory):  # another process got there first
         shutil.rmtree(tmp)
     else:
         os.replace(tmp, directory)
-    log(f"base model: held-out accuracy {result['accuracy']:.4f}")
+    log_fn(f"base model: held-out accuracy {result['accuracy']:.4f}")
     return directory
 
 

@@ -107,9 +107,10 @@ def forward_fn(model: nn.Module):
 
 
 def train_stage(model: nn.Module, base: TinyLlava, data: TensorData, stage: Stage, batch_size: int,
-                seed: int, distortion_weight: float = 0.25, progress: bool = True, weight_decay: float = 0.01):
+                seed: int, distortion_weight: float = 0.25, progress: bool = True, weight_decay: float = 0.01,
+                on_epoch=None):
     """Train `model` (unsplit or split; its weights live in `base`) for one stage. Returns the
-    mean training loss of each epoch."""
+    mean training loss of each epoch; `on_epoch(epoch, loss)` is called after each."""
     params = set_trainable(base, stage.trains)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay)
     steps = stage.epochs * -(-len(data) // batch_size)
@@ -133,6 +134,8 @@ def train_stage(model: nn.Module, base: TinyLlava, data: TensorData, stage: Stag
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         losses.append(total / count)
+        if on_epoch is not None:
+            on_epoch(len(losses), losses[-1])
     bar.close()
     return losses
 

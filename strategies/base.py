@@ -66,6 +66,7 @@ class Strategy:
         # default, 0.1 s, would double a step's latency); a deployment's grid is a request
         self.poll_interval = 0.002 if type(grid).__name__ == "InMemoryGrid" else 0.02
         self.ledger = ByteLedger()
+        self.messages_sent = 0  # numbers the messages in the ledger
         self.failures: list[Failure] = []
         self.rounds: list[RoundRecord] = []
         self.round_trips = 0
@@ -74,7 +75,7 @@ class Strategy:
         train, test, tokenizer, collator = splits(cfg)
         self.vocab = len(tokenizer)
         self.base_dir = ensure_base_model(cfg.base, cfg.base_spec(), cfg.cache_dir, TensorData(train, collator),
-                                          TensorData(test, collator), self.vocab, progress=False)
+                                          TensorData(test, collator), self.vocab, progress=False, log_fn=log)
         self.clients = self.discover()
         self.calibration: dict = {}
         if cfg.auto_bits:
@@ -218,10 +219,13 @@ class Strategy:
 
     def _account(self, message: Message, direction: str, round: int, step: int, partition: int, mtype: str) -> None:
         size = message_to_proto(message).ByteSize()
+        self.messages_sent += 1
+        if partition < 0 and "meta" in message.content and "partition" in message.content["meta"]:
+            partition = int(message.content["meta"]["partition"])  # a reply to discovery names its partition
         for part in P.parts(message.content):
             self.ledger.record(round=round, step=step, client=partition, direction=direction, kind=part.kind,
                                elements=part.elements, bits=part.bits, serialized_bytes=part.serialized_bytes,
-                               message_bytes=size, message_type=mtype)
+                               message_bytes=size, message_type=mtype, message=self.messages_sent)
 
     def _fail(self, round, step, partition, mtype, reason) -> None:
         self.failures.append(Failure(round, step, partition, mtype, reason))

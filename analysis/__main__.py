@@ -1,0 +1,56 @@
+"""python -m analysis RUNS_DIR [RUNS_DIR ...] --out DIR [--network 4g wifi ethernet NAME=UP,DOWN,RTT]
+
+Writes comm_table.{csv,md,tex}, network_time.{csv,md}, accuracy_vs_bits.{png,pdf},
+accuracy_vs_bytes.{png,pdf} and, when a run chose its bits by calibration, entropy.{png,pdf};
+prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import comm_table, network, plots
+from .runs import load_runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[2])
+    parser.add_argument("runs", nargs="+", help="run directories, or directories holding them (searched recursively)")
+    parser.add_argument("--out", required=True, help="directory for the tables and figures")
+    parser.add_argument("--network", nargs="+", default=list(network.PRESETS),
+                        help="links for the time model: presets (" + ", ".join(network.PRESETS)
+                             + ") or NAME=UP,DOWN,RTT in Mbit/s, Mbit/s, ms")
+    args = parser.parse_args(argv)
+    try:
+        links = [network.parse_link(text) for text in args.network]
+        runs = load_runs(args.runs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    print(f"{len(runs)} runs from {', '.join(args.runs)}", flush=True)
+    table = comm_table.comm_table(runs)
+    written = comm_table.write_table(table, out, caption="Bytes across the cut per setting (means over seeds)")
+    times = network.network_table(runs, links)
+    times.to_csv(out / "network_time.csv", index=False)
+    shown_times = network.shown(times, links)
+    (out / "network_time.md").write_text("Links: " + "; ".join(link.describe() for link in links) + "\n\n"
+                                         + shown_times.to_markdown(index=False, disable_numparse=True) + "\n")
+    written += [out / "network_time.csv", out / "network_time.md"]
+    written += plots.accuracy_vs_bits(table, comm_table.per_run(runs), runs, out)
+    written += plots.accuracy_vs_bytes(runs, out)
+    auto = [r for r in runs if r.calibration]
+    if auto:
+        written += plots.entropy_figure(sorted(auto, key=lambda r: r.seed)[0], out)
+    print(comm_table.shown(table).to_markdown(index=False, disable_numparse=True))
+    print()
+    print("Communication time per round: " + "; ".join(link.describe() for link in links))
+    print(shown_times.to_markdown(index=False, disable_numparse=True))
+    print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

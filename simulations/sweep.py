@@ -1,0 +1,203 @@
+"""Sweeps: a grid of Flower simulations (bits x quantizer x strategy x seed, or any run-config
+key), each a real `flwr run` of the same app as `flwr run .`, one run directory per point.
+
+    python -m simulations.sweep simulations/sweeps/readme.toml
+    python -m simulations.sweep --quantizer learned:1,2,4 fp32 --strategy parallel --seed 0 1 \\
+        --out runs/mine num-rounds=3
+
+A sweep file (TOML):
+
+    out = "runs/readme"            # where the run directories go (relative to the current directory)
+    strategies = ["parallel"]      # every point runs with each strategy...
+    seeds = [0, 1]                 # ...and each seed
+    supernodes = 2
+    [config]                       # run-config keys for every point
+    num-rounds = 5
+    [[points]]                     # a point: run-config keys; a list expands into one point per value
+    quantizer = "learned"
+    bits = [1, 2, 3, 4, 8]
+    [[points]]
+    strategy = "fedavg"            # a point's own strategy replaces the list
+    quantizer = "fp32"
+
+Every point is validated before the first run starts. A point whose `<out>/<name>/summary.json`
+exists is skipped, so a sweep that was interrupted finishes only the missing points when run
+again. `<out>/sweep.json` lists the points and how each went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sltestbed.experiment import ExperimentConfig
+
+from .launch import parse_overrides, simulation_superlink
+
+APP_DIR = Path(__file__).resolve().parent.parent
+CACHE_DIR = os.path.join(".cache", "sltestbed")
+
+
+def expand(points: list[dict], strategies: list[str], seeds: list[int], common: dict) -> list[dict]:
+    """Run configs of every point: lists expand (cartesian), then x strategies x seeds."""
+    configs = []
+    for point in points or [{}]:
+        keys = list(point)
+        values = [v if isinstance(v, list) else [v] for v in point.values()]
+        for combo in itertools.product(*values):
+            own = dict(zip(keys, combo))
+            for strategy in [own.pop("strategy")] if "strategy" in own else strategies:
+                for seed in [own["seed"]] if "seed" in own else seeds:
+                    configs.append({**common, **own, "strategy": strategy, "seed": seed})
+    return configs
+
+
+def plan(configs: list[dict], out: Path) -> list[tuple[str, dict]]:
+    """(name, run config) per point, validated; names are unique. Raises ValueError naming the
+    point and the problem before anything runs."""
+    named, seen = [], {}
+    for i, cfg in enumerate(configs):
+        try:
+            exp = ExperimentConfig.from_run_config({k: v for k, v in cfg.items() if k not in ("output-dir", "run-name")})
+        except ValueError as exc:
+            raise ValueError(f"sweep point {i + 1} ({cfg}): {exc}") from None
+        name = cfg.get("run-name") or exp.name
+        if name in seen:
+            raise ValueError(f"sweep points {seen[name] + 1} and {i + 1} both run as {name!r}: give one a run-name")
+        seen[name] = i
+        named.append((name, {**cfg, "run-name": name, "output-dir": str(out)}))
+    return named
+
+
+def done(out: Path, name: str) -> bool:
+    return (out / name / "summary.json").is_file()
+
+
+def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpus_per_client: float = 1,
+              timeout: float = 3600, work_dir: Path | None = None, log=print) -> dict[str, str]:
+    """Run the points not yet done on one simulation SuperLink; return {name: status}."""
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(n, c) for n, c in named if not done(out, n)]
+    status = {n: "done before" for n, _ in named if done(out, n)}
+    log(f"sweep: {len(named)} points, {len(status)} already done, {len(todo)} to run; results in {out}")
+    _write_index(out, named, status)
+    if not todo:
+        return status
+    work = work_dir or Path.cwd() / ".flwr_runs" / ("sweep-" + time.strftime("%Y%m%d-%H%M%S"))
+    started = time.perf_counter()
+    with simulation_superlink(work) as link:
+        for k, (name, cfg) in enumerate(todo, 1):
+            t0 = time.perf_counter()
+            log(f"[{k}/{len(todo)}] {name}")
+            result = link.submit(APP_DIR, cfg, supernodes, {"client-resources-num-cpus": cpus_per_client}, timeout,
+                                 echo=_echo(k, len(todo), log))
+            seconds = time.perf_counter() - t0
+            if result.ok and done(out, name):
+                summary = json.loads((out / name / "summary.json").read_text())
+                status[name] = "ok"
+                left = (time.perf_counter() - started) / k * (len(todo) - k)
+                log(f"[{k}/{len(todo)}] {name}: accuracy {summary['accuracy']:.4f} in {seconds:.0f} s "
+                    f"(about {left / 60:.0f} min left)")
+            else:
+                status[name] = f"failed: {result.status} {result.status_details}".strip()
+                log(f"[{k}/{len(todo)}] {name}: {status[name]}\n{result.stderr[-2000:]}")
+            _write_index(out, named, status)
+    return status
+
+
+def _echo(k: int, total: int, log):
+    def echo(text: str) -> None:
+        for line in text.splitlines():
+            if "[sltestbed]" in line:
+                log(f"[{k}/{total}]   {line.split('[sltestbed]', 1)[1].strip()}")
+    return echo
+
+
+def _write_index(out: Path, named: list[tuple[str, dict]], status: dict) -> None:
+    index = [{"name": n, "status": status.get(n, "to run"), "config": c} for n, c in named]
+    (out / "sweep.json").write_text(json.dumps(index, indent=2))
+
+
+def _absolute(cfg: dict, key: str, default: str, here: Path) -> None:
+    cfg[key] = str((here / str(cfg.get(key, default))).resolve())
+
+
+def from_file(path: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            spec = tomllib.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"sweep file {path!r} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SystemExit(f"sweep file {path!r} is not valid TOML: {exc}") from None
+    unknown = sorted(set(spec) - {"out", "strategies", "seeds", "supernodes", "config", "points"})
+    if unknown:
+        raise SystemExit(f"sweep file {path!r}: unknown key(s) {unknown}; "
+                         "known: out, strategies, seeds, supernodes, config, points")
+    return spec
+
+
+def quantizer_points(items: list[str], bits: list[int] | None) -> list[dict]:
+    """'learned:1,2,4' / 'fp32' words (bits after the colon, else --bits) to sweep points."""
+    points = []
+    for item in items:
+        name, _, widths = item.partition(":")
+        point: dict[str, Any] = {"quantizer": name}
+        if widths:
+            point["bits"] = [w if w == "auto" else int(w) for w in widths.split(",")]
+        elif bits:
+            point["bits"] = bits
+        points.append(point)
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a grid of Flower simulations (see the module doc).")
+    parser.add_argument("file", nargs="?", help="a sweep file (TOML); flags below add to / replace its settings")
+    parser.add_argument("--quantizer", nargs="+", help="quantizers, each optionally with bits: learned:1,2,4 fp32")
+    parser.add_argument("--bits", nargs="+", type=int, help="bits for quantizers given without any")
+    parser.add_argument("--strategy", nargs="+", help="strategies (default: the file's, else parallel)")
+    parser.add_argument("--seed", nargs="+", type=int, help="seeds (default: the file's, else 0)")
+    parser.add_argument("--out", help="directory for the run directories (default: the file's, else runs/sweep)")
+    parser.add_argument("--supernodes", type=int, help="SuperNodes per run (default: the file's, else 2)")
+    parser.add_argument("--cpus-per-client", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
+    parser.add_argument("--dry-run", action="store_true", help="list the points and whether each is done")
+    parser.add_argument("overrides", nargs="*", help="run-config key=value pairs for every point")
+    args = parser.parse_args(argv)
+    spec = from_file(args.file) if args.file else {}
+    points = quantizer_points(args.quantizer, args.bits) if args.quantizer else spec.get("points", [])
+    here = Path.cwd()
+    common = {**spec.get("config", {}), **parse_overrides(args.overrides)}
+    _absolute(common, "cache-dir", CACHE_DIR, here)
+    out = (here / (args.out or spec.get("out", "runs/sweep"))).resolve()
+    configs = expand(points, args.strategy or spec.get("strategies", ["parallel"]),
+                     args.seed if args.seed is not None else spec.get("seeds", [0]), common)
+    try:
+        named = plan(configs, out)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for name, _ in named:
+            print(f"{'done' if done(out, name) else 'to run':7s} {name}")
+        return 0
+    supernodes = args.supernodes or spec.get("supernodes", 2)
+    cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
+    status = run_sweep(named, out, supernodes, cpus, args.timeout, log=lambda m: print(m, flush=True))
+    failed = {n: s for n, s in status.items() if s.startswith("failed")}
+    print(f"sweep: {len(status) - len(failed)} of {len(named)} points done; results in {out}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
