@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "network_time.md").write_text("Links: " + "; ".join(link.describe() for link in links) + "\n\n"
                                          + shown_times.to_markdown(index=False, disable_numparse=True) + "\n")
     written += [out / "network_time.csv", out / "network_time.md"]
-    written += plots.accuracy_vs_bits(table, comm_table.per_run(runs), runs, out)
+    written += plots.accuracy_vs_bits(table, comm_table.paired_deltas(comm_table.per_run(runs)), runs, out)
     written += plots.accuracy_vs_bytes(runs, out)
     auto = [r for r in runs if r.calibration]
     if auto:

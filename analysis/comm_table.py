@@ -16,7 +16,8 @@ Per run, from its ledger (every payload that crossed the link, all message kinds
   task (needs a FedAvg row). `effective_bits` = act_up_ideal_bytes * 8 / act_up_elements.
 
 Rows are settings (strategy, quantizer, bits, entropy coding): figures are means over the
-seeds of a setting (`seeds` counts them), `accuracy_std` the spread (population std).
+seeds of a setting (`seeds` counts them), `accuracy_std` the spread (population std), and
+`accuracy_vs_fp32` the mean paired difference to the fp32 run of the same strategy and seed.
 """
 
 from __future__ import annotations
@@ -35,15 +36,16 @@ LEVELS = ("ideal", "serialized", "message")
 # the columns the markdown / LaTeX tables show (the CSV has every column)
 SHOWN = {
     "strategy": "strategy", "quantizer": "quantizer", "bits": "bits", "entropy_coding": "entropy coding",
-    "seeds": "seeds", "accuracy": "accuracy (± std)", "effective_bits": "bits / element",
+    "seeds": "seeds", "accuracy": "accuracy (± std)", "accuracy_vs_fp32": "Δ acc. vs fp32 (same seed)",
+    "effective_bits": "bits / element",
     "act_up_ideal_bytes_per_sample": "act. up B/sample (ideal)",
     "up_ideal_bytes": "up ideal MB", "up_serialized_bytes": "up serialized MB",
     "down_ideal_bytes": "down ideal MB", "down_serialized_bytes": "down serialized MB",
-    "reduction_vs_fp16": "act. up vs fp16 (ideal)", "reduction_vs_fp16_serialized": "act. up vs fp16 (serialized)",
-    "reduction_vs_fp32": "act. up vs fp32 (ideal)", "reduction_vs_fedavg": "all bytes vs FedAvg",
+    "reduction_vs_fp16": "act. up saved vs fp16 (ideal)",
+    "reduction_vs_fp16_serialized": "act. up saved vs fp16 (serialized)", "reduction_vs_fp32": "act. up saved vs fp32 (ideal)", "reduction_vs_fedavg": "all bytes / FedAvg's",
 }
 MEGABYTE_COLUMNS = ("up_ideal_bytes", "up_serialized_bytes", "down_ideal_bytes", "down_serialized_bytes")
-PERCENT_COLUMNS = ("reduction_vs_fp16", "reduction_vs_fp16_serialized", "reduction_vs_fp32", "reduction_vs_fedavg")
+PERCENT_COLUMNS = ("reduction_vs_fp16", "reduction_vs_fp16_serialized", "reduction_vs_fp32")
 
 
 def run_figures(run: Run) -> dict:
@@ -73,11 +75,23 @@ def per_run(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame([run_figures(r) for r in runs])
 
 
+def paired_deltas(frame: pd.DataFrame) -> pd.DataFrame:
+    """`accuracy_vs_fp32`: each run's accuracy minus that of the fp32 run of the same strategy
+    and seed (NaN where there is none). Seeds change the base model and the data split, so
+    this paired difference shows the cost of the bits more plainly than the spread of means."""
+    ref = frame[(frame.quantizer == "fp32") & ~frame.entropy_coding & (frame.strategy != "fedavg")]
+    ref = ref.set_index(["strategy", "seed"]).accuracy
+    keys = list(zip(frame.strategy, frame.seed))
+    frame = frame.copy()
+    frame["accuracy_vs_fp32"] = [a - ref[k] if k in ref.index else np.nan for a, k in zip(frame.accuracy, keys)]
+    return frame
+
+
 def comm_table(runs: list[Run]) -> pd.DataFrame:
     """One row per setting, means over its seeds, with the reductions (see module doc)."""
     if not runs:
         raise ValueError("no runs to tabulate")
-    frame = per_run(runs)
+    frame = paired_deltas(per_run(runs))
     keys = ["strategy", "quantizer", "bits", "entropy_coding"]
     numeric = [c for c in frame.columns if c not in keys + ["seed", "run"]]
     frame["bits_key"] = frame.bits.astype(str)  # ints and "auto" in one column
@@ -108,7 +122,8 @@ def comm_table(runs: list[Run]) -> pd.DataFrame:
         if len(fedavg):
             ref_bytes = fedavg.up_message_bytes.iloc[0] + fedavg.down_message_bytes.iloc[0]
             table.loc[i, "reduction_vs_fedavg"] = 1 - (row.up_message_bytes + row.down_message_bytes) / ref_bytes
-    front = ["strategy", "quantizer", "bits", "entropy_coding", "seeds", "accuracy", "accuracy_std", "effective_bits"]
+    front = ["strategy", "quantizer", "bits", "entropy_coding", "seeds", "accuracy", "accuracy_std", "accuracy_vs_fp32",
+             "effective_bits"]
     return table[front + [c for c in table.columns if c not in front]]
 
 
@@ -123,8 +138,12 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
             out[title] = ["" if np.isnan(v) else f"{100 * v:.2f}%" for v in values]
         elif col == "accuracy":
             out[title] = [f"{v:.4f} ± {s:.4f}" for v, s in zip(values, table.accuracy_std)]
+        elif col == "accuracy_vs_fp32":
+            out[title] = ["" if np.isnan(v) else f"{round(100 * v, 2) + 0.0:+.2f} pt" for v in values]
         elif col == "effective_bits":
-            out[title] = [f"{v:.2f}" for v in values]
+            out[title] = ["" if np.isnan(v) else f"{v:.2f}" for v in values]
+        elif col == "reduction_vs_fedavg":  # split learning can send more than FedAvg: a ratio reads better
+            out[title] = ["" if np.isnan(v) else f"{1 - v:.2f}x" for v in values]
         elif col == "act_up_ideal_bytes_per_sample":
             out[title] = [f"{v:,.0f}" for v in values]
         elif col == "entropy_coding":
@@ -142,5 +161,6 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "comm_tabl
     table.to_csv(paths[0], index=False)
     text = shown(table)
     paths[1].write_text(text.to_markdown(index=False, disable_numparse=True) + "\n")
-    paths[2].write_text(text.to_latex(index=False, caption=caption or None, label=f"tab:{stem}", escape=True))
+    latex = text.to_latex(index=False, caption=caption or None, label=f"tab:{stem}", escape=True)
+    paths[2].write_text(latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$"))  # for pdflatex too
     return paths

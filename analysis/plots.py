@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,9 +44,15 @@ def _task(runs: list[Run]) -> str:
 
 
 def accuracy_vs_bits(table: pd.DataFrame, per_run: pd.DataFrame, runs: list[Run], out_dir: Path) -> list[Path]:
-    """Mean accuracy against bits per quantizer (bars: min to max over seeds); fp32 / fp16 and
-    FedAvg as reference lines; bits="auto" at its effective width."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    """Left: mean accuracy against bits per quantizer (bars: min to max over seeds, dots: the
+    seeds), fp32 / fp16 and FedAvg as reference lines, bits="auto" as a star at its effective
+    width. Right: the paired difference to the fp32 run of the same seed."""
+    paired = bool(per_run.accuracy_vs_fp32.notna().any())  # the right panel needs fp32 runs
+    if paired:
+        fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 5.2))
+        ax_d = _Nowhere()
     strategies = sorted(set(table.strategy) - {"fedavg"})
     many = len(strategies) > 1
     per_run = per_run.assign(bits_key=per_run.bits.astype(str))
@@ -53,56 +60,82 @@ def accuracy_vs_bits(table: pd.DataFrame, per_run: pd.DataFrame, runs: list[Run]
     markers = iter("osD^v<>p")
     xs_all = set()
     for strategy in strategies:
-        rows = table[(table.strategy == strategy)]
-        for (quantizer, entropy), g in rows.groupby(["quantizer", "entropy_coding"], sort=False):
+        for (quantizer, entropy), g in table[table.strategy == strategy].groupby(["quantizer", "entropy_coding"],
+                                                                                 sort=False):
             if quantizer in REFERENCES:
                 continue
+            colour = next(colours)
+            runs_of = per_run[(per_run.strategy == strategy) & (per_run.quantizer == quantizer)
+                              & (per_run.entropy_coding == entropy)]
             fixed = g[g.bits != "auto"]
             if len(fixed):
                 xs = fixed.bits.astype(int).to_numpy()
-                lo, hi = _spread(per_run, strategy, quantizer, entropy, fixed.bits)
+                lo, hi = _spread(runs_of, fixed.bits)
                 label = _label(strategy, quantizer, None, entropy, many)
-                ax.errorbar(xs, fixed.accuracy, yerr=[fixed.accuracy - lo, hi - fixed.accuracy], marker=next(markers),
-                            capsize=3, color=next(colours), label=label)
+                marker = next(markers)
+                ax.errorbar(xs, fixed.accuracy, yerr=[fixed.accuracy - lo, hi - fixed.accuracy], marker=marker,
+                            capsize=3, color=colour, label=label)
+                ax_d.plot(xs, 100 * fixed.accuracy_vs_fp32, marker=marker, color=colour, label=label)
+                seeds = runs_of[runs_of.bits_key != "auto"]
+                ax.scatter(seeds.bits.astype(int), seeds.accuracy, s=12, color=colour, alpha=0.45)
+                ax_d.scatter(seeds.bits.astype(int), 100 * seeds.accuracy_vs_fp32, s=12, color=colour, alpha=0.45)
                 xs_all.update(xs)
             for _, row in g[g.bits == "auto"].iterrows():
-                lo, hi = _spread(per_run, strategy, quantizer, entropy, ["auto"])
+                lo, hi = _spread(runs_of, ["auto"])
+                label = f"{_label(strategy, quantizer, None, entropy, many)}, bits=auto ({row.effective_bits:.2f} bits/element)"
                 ax.errorbar([row.effective_bits], [row.accuracy], yerr=[[row.accuracy - lo[0]], [hi[0] - row.accuracy]],
-                            marker="*", markersize=13, capsize=3, linestyle="none", color=next(colours),
-                            label=f"{_label(strategy, quantizer, 'auto', entropy, many)} "
-                                  f"(chosen, {row.effective_bits:.2f} bits/element)")
+                            marker="*", markersize=14, capsize=3, linestyle="none", color=colour, label=label)
+                ax_d.plot([row.effective_bits], [100 * row.accuracy_vs_fp32], marker="*", markersize=14,
+                          linestyle="none", color=colour, label=label)
     styles = iter(["--", ":", "-."])
     for _, row in table[table.quantizer.isin(REFERENCES) | (table.strategy == "fedavg")].iterrows():
         name = "FedAvg (whole model)" if row.strategy == "fedavg" else _label(row.strategy, row.quantizer, row.bits,
                                                                                 row.entropy_coding, many)
-        ax.axhline(row.accuracy, linestyle=next(styles, "--"), color="grey" if row.strategy != "fedavg" else "black",
+        ax.axhline(row.accuracy, linestyle=next(styles, "--"), color="black" if row.strategy == "fedavg" else "grey",
                    linewidth=1.2, label=f"{name}: {row.accuracy:.4f}")
-    if xs_all:
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(xs_all))
-        ax.set_xticklabels([str(x) for x in sorted(xs_all)])
-    ax.set_xlabel("bits per activation element sent up (b)")
+        if row.quantizer == "fp16" and row.strategy != "fedavg":
+            ax_d.axhline(100 * row.accuracy_vs_fp32, linestyle="--", color="grey", linewidth=1.2,
+                         label=f"{name}: {100 * row.accuracy_vs_fp32:+.2f} pt")
+    ax_d.axhline(0.0, color="black", linewidth=0.8)
+    for a in (ax, ax_d) if paired else (ax,):
+        if xs_all:
+            a.set_xscale("log", base=2)
+            a.set_xticks(sorted(xs_all))
+            a.set_xticklabels([str(x) for x in sorted(xs_all)])
+            a.minorticks_off()
+        a.set_xlabel("bits per activation element sent up (b, log scale)")
+        a.grid(alpha=0.3)
     ax.set_ylabel("test accuracy (exact match, fraction)")
-    ax.set_title(f"Accuracy vs bits at the cut ({_task(runs)}; mean, bars min-max over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy: mean over seeds (bars min-max, dots the seeds)")
+    ax_d.set_ylabel("accuracy minus fp32's, same seed (percentage points)")
+    ax_d.set_title("Cost of the bits: paired with the fp32 run of each seed")
     ax.legend(loc="lower right")
+    ax_d.legend(loc="lower right")
+    fig.suptitle(f"Accuracy vs bits at the cut ({_task(runs)})")
     return _save(fig, out_dir, "accuracy_vs_bits")
 
 
-def _spread(per_run: pd.DataFrame, strategy, quantizer, entropy, bits) -> tuple[np.ndarray, np.ndarray]:
+class _Nowhere:
+    """Stands in for a panel that is not drawn: every call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _spread(runs_of: pd.DataFrame, bits) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = [], []
     for b in bits:
-        g = per_run[(per_run.strategy == strategy) & (per_run.quantizer == quantizer)
-                    & (per_run.entropy_coding == entropy) & (per_run.bits_key == str(b))]
+        g = runs_of[runs_of.bits_key == str(b)]
         lo.append(g.accuracy.min())
         hi.append(g.accuracy.max())
     return np.array(lo), np.array(hi)
 
 
 def accuracy_vs_bytes(runs: list[Run], out_dir: Path) -> list[Path]:
-    """Accuracy after each round against the cumulative bytes sent up and down (whole
-    serialized messages, set-up included), mean over seeds: one curve per setting."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    """Accuracy after each round against the cumulative bytes sent (whole serialized messages,
+    set-up folded into round 1), mean over seeds, one curve per setting: bytes up (what the
+    quantizer at the cut controls) and bytes up + down."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)
@@ -112,20 +145,28 @@ def accuracy_vs_bytes(runs: list[Run], out_dir: Path) -> list[Path]:
         curves = []
         for run in groups[key]:
             messages = run.messages()
-            per_round = messages.groupby("round").message_bytes.sum()
-            cumulative = per_round.sort_index().cumsum()  # round 0 (set-up) folds into round 1
+            per_round = messages.pivot_table(index="round", columns="direction", values="message_bytes",
+                                             aggfunc="sum", fill_value=0).sort_index()
+            up = per_round.get("up", 0).cumsum()
+            both = (per_round.get("up", 0) + per_round.get("down", 0)).cumsum()
             accuracy = run.metrics.set_index("round").accuracy
-            curves.append(pd.DataFrame({"bytes": cumulative.reindex(accuracy.index), "accuracy": accuracy}))
+            curves.append(pd.DataFrame({"up": up.reindex(accuracy.index), "both": both.reindex(accuracy.index),
+                                        "accuracy": accuracy}))
         mean = pd.concat(curves).groupby(level=0).mean()
         strategy, quantizer, bits, entropy = key
         label = "FedAvg (whole model)" if strategy == "fedavg" else _label(strategy, quantizer, bits, entropy, many)
-        ax.plot(mean["bytes"] / 1e6, mean["accuracy"], marker="o", markersize=3.5, color=cmap(i % 20), label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative bytes sent, up + down (MB, whole messages, log scale)")
-    ax.set_ylabel("test accuracy (exact match, fraction)")
-    ax.set_title(f"Accuracy vs bytes sent ({_task(runs)}; one point per round, mean over seeds)", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+        for ax, column in zip(axes, ("up", "both")):
+            ax.plot(mean[column] / 1e6, mean["accuracy"], marker="o", markersize=3.5, color=cmap(i % 20), label=label)
+    for ax, what in zip(axes, ("sent up, client to server", "sent up + down")):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel(f"cumulative MB {what} (whole messages, log scale)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("test accuracy (exact match, fraction)")
+    axes[0].set_title("Accuracy vs bytes up (what the quantizer at the cut sets)")
+    axes[1].set_title("Accuracy vs all bytes, up + down")
+    axes[1].legend(fontsize=8, ncol=2, loc="lower right")
+    fig.suptitle(f"Accuracy vs bytes sent ({_task(runs)}; a point per round, mean over seeds)")
     return _save(fig, out_dir, "accuracy_vs_bytes")
 
 
@@ -137,7 +178,7 @@ def entropy_figure(run: Run, out_dir: Path) -> list[Path]:
     grid = np.array(report["grid"])
     clients = report["clients"]
     modalities = list(report["bits"])
-    fig, axes = plt.subplots(len(modalities), 2, figsize=(10, 3.6 * len(modalities)), squeeze=False)
+    fig, axes = plt.subplots(len(modalities), 2, figsize=(12, 4.0 * len(modalities)), squeeze=False)
     first = next(iter(clients))
     for row, modality in enumerate(modalities):
         ax_d, ax_h = axes[row]
@@ -147,7 +188,7 @@ def entropy_figure(run: Run, out_dir: Path) -> list[Path]:
             ax_d.plot(grid, density, color=colour, linewidth=1.2, label=f"batch {i + 1}")
         ax_d.set_xlabel("normalised feature z (on [-1, 1])")
         ax_d.set_ylabel("estimated density (KDE, 1 / unit z)")
-        ax_d.set_title(f"{modality} tokens: density per calibration batch (client {first})")
+        ax_d.set_title(f"{modality} tokens: density per calibration batch\n(client {first})")
         ax_d.grid(alpha=0.3)
         ax_d.legend(fontsize=7, ncol=2)
         for client, rep in clients.items():
@@ -157,8 +198,8 @@ def entropy_figure(run: Run, out_dir: Path) -> list[Path]:
         entropy = max(rep[modality]["entropy_bits"] for rep in clients.values())
         ax_h.set_xlabel("calibration batch")
         ax_h.set_ylabel("differential entropy h (bits)")
-        ax_h.set_title(f"{modality}: chosen {report['bits'][modality]} bits "
-                       f"(H* = h - log2 D* = {needed:.2f} bits needed, pooled h = {entropy:.3f})")
+        ax_h.set_title(f"{modality} tokens: entropy per batch; chosen {report['bits'][modality]} bits\n"
+                       f"(pooled h = {entropy:.3f} bits, H* = h - log2 D* = {needed:.2f} bits needed)")
         ax_h.grid(alpha=0.3)
         ax_h.legend(fontsize=8)
     budget = clients[first][modalities[0]]["choice"]["max_rel_mse"]

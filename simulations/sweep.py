@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the points and whether each is done")
     parser.add_argument("overrides", nargs="*", help="run-config key=value pairs for every point")
     args = parser.parse_args(argv)
+    if args.file and "=" in args.file and not os.path.exists(args.file):  # no file: the first override
+        args.overrides.insert(0, args.file)
+        args.file = None
     spec = from_file(args.file) if args.file else {}
     points = quantizer_points(args.quantizer, args.bits) if args.quantizer else spec.get("points", [])
     here = Path.cwd()
