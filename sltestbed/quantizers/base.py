@@ -122,19 +122,23 @@ _CHUNK = 1 << 18  # elements per block of `affine_codes`: 1 MiB of float32 stays
 
 def affine_codes(u: torch.Tensor, scale: float, offset: float, top: int) -> torch.Tensor:
     """codes = floor(clamp(u * scale + offset, 0, top + 0.49)) as uint8, `offset` already
-    holding the +0.5 of rounding. Works in cache-sized blocks (a fused multiply-add, a clamp
-    and a narrowing copy per block), so the float intermediate never goes out to memory: on a
-    CPU about 1.7x faster than the same three whole-tensor operations."""
+    holding the +0.5 of rounding. Works in cache-sized blocks (a fused multiply-add, a clamp,
+    a truncating copy to int16 and a narrowing copy per block), so the float intermediate
+    never goes out to memory: on a CPU about 2.5x faster than the same whole-tensor
+    operations. (float32 -> int16 -> uint8 is vectorised where float32 -> uint8 is not.)"""
     flat = u.detach().reshape(-1)
     n = flat.numel()
     out = torch.empty(n, dtype=torch.uint8, device=flat.device)
     buf = torch.empty(min(n, _CHUNK), dtype=torch.float32, device=flat.device)
+    ints = torch.empty(min(n, _CHUNK), dtype=torch.int16, device=flat.device)
     offset_t = torch.tensor(offset, dtype=torch.float32, device=flat.device)
     for start in range(0, n, _CHUNK):
         stop = min(n, start + _CHUNK)
         block = buf[: stop - start]
         torch.add(offset_t, flat[start:stop], alpha=scale, out=block).clamp_(0.0, top + 0.49)
-        out[start:stop].copy_(block)
+        whole = ints[: stop - start]
+        whole.copy_(block)
+        out[start:stop].copy_(whole)
     return out.reshape(u.shape)
 
 
