@@ -167,7 +167,7 @@ class Strategy:
     def exchange(self, requests: dict[int, tuple[str, RecordDict]], round: int, step: int,
                  meta: dict | bool = True, account: bool = True) -> dict[int, RecordDict]:
         """Send one message to each node (all in one round trip), return the replies that came,
-        in node order. A node that fails or stays silent past the step timeout is recorded and
+        in partition order. A node that fails or stays silent past the step timeout is recorded and
         left out. `account=False` keeps the messages out of the ledger (the benchmark's)."""
         partition = {c.node_id: c.partition for c in getattr(self, "clients", [])}
         messages = []
@@ -200,7 +200,9 @@ class Strategy:
             self.outstanding[node] = mid
             self._fail(round, step, partition.get(node, -1), requests[node][0],
                        f"no reply within {SETUP_TIMEOUT if cold else self.cfg.step_timeout} s")
-        return dict(sorted(out.items()))
+        # in partition order: node ids are drawn at random each run, and the order in which
+        # replies are joined into one batch (or averaged) changes floating-point sums
+        return dict(sorted(out.items(), key=lambda kv: (partition.get(kv[0], -1), kv[0])))
 
     def _send_and_receive(self, messages: list[Message], timeout: float):
         """Push all messages, pull replies until every one is in or `timeout` passes.
@@ -252,7 +254,7 @@ class Strategy:
         if not replies:
             return None
         groups: dict[int, tuple] = {}
-        for node, content in sorted(replies.items()):  # a fixed order, whatever order replies came in
+        for node, content in replies.items():  # partition order, whatever order replies came in
             server = server_of(node)
             groups.setdefault(id(server), (server, []))[1].append((node, content))
         logits_of, batch_of = {}, {}
