@@ -176,3 +176,18 @@ def test_auto_bits_calibrates_chooses_and_uses_the_chosen_widths(link, tmp_path)
     calib = [r for r in ledger if r["message_type"] == "query.calibrate"]
     assert {r["direction"] for r in calib} == {"up", "down"}  # the reports are counted too
 
+
+
+def test_the_same_config_gives_the_same_numbers(link, tmp_path):
+    # every run draws new node ids; with 3 clients the replies' node-id order differs from the
+    # partition order in most runs, so this also checks the server joins them by partition
+    first, out1 = run(link, tmp_path / "a", num_supernodes=3)
+    second, out2 = run(link, tmp_path / "b", num_supernodes=3)
+    assert first.ok and second.ok, first.describe() + second.describe()
+    (_, ledger1, metrics1), (_, ledger2, metrics2) = results(out1), results(out2)
+    assert metrics1[0]["loss"] == metrics2[0]["loss"] and metrics1[0]["accuracy"] == metrics2[0]["accuracy"]
+    def rows(ledger):  # whole-message sizes hold the random node ids, payload entries do not
+        return sorted((r["round"], r["step"], r["client"], r["direction"], r["kind"], r["elements"],
+                       r["serialized_bytes"]) for r in ledger)
+
+    assert rows(ledger1) == rows(ledger2)
