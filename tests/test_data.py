@@ -141,6 +141,16 @@ def test_shapes_vqa_answers_agree_with_the_scene(shapes):
             color = re.fullmatch(r"what shape is the (\w+) object \?", question).group(1)
             matches = [obj for obj in scene if obj.color == color]
             assert len(matches) == 1 and matches[0].shape == answer
+        elif qtype == "position":
+            axis, color = re.fullmatch(r"which (row|column) is the (\w+) object in \?", question).groups()
+            (obj,) = [obj for obj in scene if obj.color == color]
+            # the object's pixel centres lie inside the named third of the image
+            image = render_scene(scene, 32)
+            ys, xs = np.nonzero(np.all(image == np.array(COLORS[color]), axis=-1))
+            along = (ys if axis == "row" else xs) + 0.5
+            names = ("top", "middle", "bottom") if axis == "row" else ("left", "middle", "right")
+            third = names.index(answer)
+            assert 32 * third / 3 <= along.min() and along.max() < 32 * (third + 1) / 3, (question, answer)
         else:
             pattern = r"is the (\w+) object (left of|right of|above|below) the (\w+) object \?"
             a, relation, b = re.fullmatch(pattern, question).groups()

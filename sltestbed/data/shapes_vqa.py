@@ -5,10 +5,15 @@ on a black background. Question types (answers are single words):
     color     "what colour is the circle ?"                 -> "red" ...  (shape occurs once)
     shape     "what shape is the red object ?"              -> "circle"   (colour occurs once)
     count     "how many squares are there ?"                -> "zero" .. "nine"
-    position  "is the red object left of the blue object ?" -> "yes" / "no"
+    position  "which column is the red object in ?"         -> "left" / "middle" / "right"
+              "which row is the red object in ?"            -> "top" / "middle" / "bottom"
+              (the colour occurs once; rows and columns are the thirds of the image, and
+              every object lies inside one grid cell)
+    relation  "is the red object left of the blue object ?" -> "yes" / "no"
               (also "right of", "above", "below"; both colours occur once and the two
               objects' extents do not overlap along the asked axis)
 Each scene gets at most one question per type; a type with no unambiguous question is skipped.
+"position" and "relation" follow Sort-of-CLEVR's non-relational and relational questions.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from datasets import Dataset
 from .records import check_image_size, check_question_types, make_vqa_dataset
 from .text import NUMBER_WORDS
 
-QUESTION_TYPES = ("color", "shape", "count", "position")
+QUESTION_TYPES = ("color", "shape", "count", "position", "relation")
 SHAPES = ("square", "circle", "triangle")
 COLORS = {
     "red": (220, 40, 40),
@@ -36,17 +41,21 @@ BACKGROUND = (0, 0, 0)
 GRID = 3
 MIN_IMAGE_SIZE = 16
 RELATIONS = ("left of", "right of", "above", "below")
+COLUMNS = ("left", "middle", "right")
+ROWS = ("top", "middle", "bottom")
 
 
 @dataclass(frozen=True)
 class ShapeObject:
-    """One shape: centre (x right, y down) and half-extent, in pixels."""
+    """One shape: centre (x right, y down) and half-extent, in pixels; the grid cell it lies in."""
 
     shape: str
     color: str
     x: float
     y: float
     half: float
+    row: int
+    col: int
 
 
 def make_shapes_vqa(
@@ -98,7 +107,7 @@ def generate_scenes(
             y = row * cell + rng.uniform(half, cell - half)
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
             color = colors[int(rng.integers(len(colors)))]
-            scene.append(ShapeObject(shape, color, float(x), float(y), float(half)))
+            scene.append(ShapeObject(shape, color, float(x), float(y), float(half), row, col))
         scenes.append(scene)
     return scenes
 
@@ -146,6 +155,14 @@ def ask(qtype: str, scene: Sequence[ShapeObject], rng: np.random.Generator) -> t
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         return f"how many {shape}s are there ?", NUMBER_WORDS[shape_counts[shape]]
     if qtype == "position":
+        candidates = [obj for obj in scene if color_counts[obj.color] == 1]
+        if not candidates:
+            return None
+        obj = candidates[int(rng.integers(len(candidates)))]
+        if rng.integers(2):
+            return f"which row is the {obj.color} object in ?", ROWS[obj.row]
+        return f"which column is the {obj.color} object in ?", COLUMNS[obj.col]
+    if qtype == "relation":
         unique = [obj for obj in scene if color_counts[obj.color] == 1]
         triples = [
             (a, b, relation)
