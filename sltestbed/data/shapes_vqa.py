@@ -139,45 +139,45 @@ def ask(qtype: str, scene: Sequence[ShapeObject], rng: np.random.Generator) -> t
     """One unambiguous (question, answer) pair of type `qtype` about `scene`, or None if there is none."""
     shape_counts = Counter(obj.shape for obj in scene)
     color_counts = Counter(obj.color for obj in scene)
+    by_shape = [obj for obj in scene if shape_counts[obj.shape] == 1]  # objects named unambiguously by their shape
+    by_color = [obj for obj in scene if color_counts[obj.color] == 1]  # ... by their colour
     if qtype == "color":
-        candidates = [obj for obj in scene if shape_counts[obj.shape] == 1]
-        if not candidates:
-            return None
-        obj = candidates[int(rng.integers(len(candidates)))]
-        return f"what colour is the {obj.shape} ?", obj.color
+        obj = _pick(by_shape, rng)
+        return None if obj is None else (f"what colour is the {obj.shape} ?", obj.color)
     if qtype == "shape":
-        candidates = [obj for obj in scene if color_counts[obj.color] == 1]
-        if not candidates:
-            return None
-        obj = candidates[int(rng.integers(len(candidates)))]
-        return f"what shape is the {obj.color} object ?", obj.shape
+        obj = _pick(by_color, rng)
+        return None if obj is None else (f"what shape is the {obj.color} object ?", obj.shape)
     if qtype == "count":
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         return f"how many {shape}s are there ?", NUMBER_WORDS[shape_counts[shape]]
     if qtype == "position":
-        candidates = [obj for obj in scene if color_counts[obj.color] == 1]
-        if not candidates:
+        obj = _pick(by_color, rng)
+        if obj is None:
             return None
-        obj = candidates[int(rng.integers(len(candidates)))]
         if rng.integers(2):
             return f"which row is the {obj.color} object in ?", ROWS[obj.row]
         return f"which column is the {obj.color} object in ?", COLUMNS[obj.col]
     if qtype == "relation":
-        unique = [obj for obj in scene if color_counts[obj.color] == 1]
         triples = [
             (a, b, relation)
-            for a in unique
-            for b in unique
+            for a in by_color
+            for b in by_color
             if a is not b
             for relation in RELATIONS
             if _separated(a, b, relation)
         ]
-        if not triples:
+        picked = _pick(triples, rng)
+        if picked is None:
             return None
-        a, b, relation = triples[int(rng.integers(len(triples)))]
+        a, b, relation = picked
         answer = "yes" if relation_holds(a, b, relation) else "no"
         return f"is the {a.color} object {relation} the {b.color} object ?", answer
     raise ValueError(f"unknown shapes-VQA question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
+
+
+def _pick(candidates: list, rng: np.random.Generator):
+    """One of `candidates` drawn with `rng`, or None (and no draw) when there are none."""
+    return candidates[int(rng.integers(len(candidates)))] if candidates else None
 
 
 def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
