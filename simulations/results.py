@@ -23,38 +23,42 @@ def package_versions() -> dict:
     return out
 
 
-def write_results(directory: str, cfg, strategy, seconds: float) -> dict:
+def write_results(directory: str, report, seconds: float) -> dict:
+    """Write a `strategies.base.RunReport` into `directory`; returns the summary."""
+    cfg = report.cfg
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump({"config": cfg.to_dict(), "seed": cfg.seed, "versions": package_versions(),
-                   "base_model": strategy.base_dir, "clients": [asdict(c) for c in strategy.clients]}, f, indent=2)
-    strategy.ledger.write_csv(os.path.join(directory, "ledger.csv"))
-    if strategy.calibration:
+                   "base_model": report.base_dir, "clients": [asdict(c) for c in report.clients]}, f, indent=2)
+    report.ledger.write_csv(os.path.join(directory, "ledger.csv"))
+    if report.calibration:
         with open(os.path.join(directory, "calibration.json"), "w") as f:
-            json.dump(strategy.calibration, f)
+            json.dump(report.calibration, f)
     with open(os.path.join(directory, "metrics.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["round", "loss", "accuracy", "bytes_up", "bytes_down", "round_trips", "failures", "seconds"])
-        for r in strategy.rounds:
+        for r in report.rounds:
             writer.writerow([r.round, r.loss, r.accuracy, r.bytes_up, r.bytes_down, r.round_trips, r.failures,
                              round(r.seconds, 3)])
-    last = strategy.rounds[-1]
+    if report.model is not None:
+        report.model.save_pretrained(os.path.join(directory, "model"))
+    last = report.rounds[-1]
     summary = {
         "accuracy": last.accuracy, "accuracy_by_type": last.accuracy_by_type,
         "strategy": cfg.strategy, "quantizer": cfg.quantizer, "bits": "auto" if cfg.auto_bits else cfg.act_bits,
         "modality_bits": cfg.widths,
         "grad_quantizer": cfg.grad_quantizer, "grad_bits": cfg.gradient_bits, "labels": cfg.labels,
         "entropy_coding": cfg.entropy_coding, "seed": cfg.seed, "num_rounds": cfg.num_rounds,
-        "clients": len(strategy.clients), "round_trips": strategy.round_trips, "seconds": seconds,
-        "failures": [asdict(f) for f in strategy.failures],
-        "bytes": strategy.ledger.totals(),
+        "clients": len(report.clients), "round_trips": report.round_trips, "seconds": seconds,
+        "failures": [asdict(f) for f in report.failures],
+        "bytes": report.ledger.totals(),
     }
-    if strategy.calibration:
-        summary["calibration"] = {m: {"bits": b, **{k: [r[m][k] for r in strategy.calibration["clients"].values()]
+    if report.calibration:
+        summary["calibration"] = {m: {"bits": b, **{k: [r[m][k] for r in report.calibration["clients"].values()]
                                                     for k in ("entropy_bits", "needed_bits")}}
-                                  for m, b in strategy.calibration["bits"].items()}
-    if strategy.roundtrip:
-        summary["roundtrip_benchmark"] = strategy.roundtrip
+                                  for m, b in report.calibration["bits"].items()}
+    if report.roundtrip:
+        summary["roundtrip_benchmark"] = report.roundtrip
     with open(os.path.join(directory, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

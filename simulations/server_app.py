@@ -1,5 +1,9 @@
-"""The Flower ServerApp: reads the run config, runs the chosen strategy on the Grid, writes
-the results and prints the summary table."""
+"""The Flower ServerApp: reads the run config, runs the chosen strategy over the Grid, writes
+the results and prints the summary table.
+
+    config -> GridTransport(grid) -> prepare_run (splits, base model, discovery, calibration)
+           -> strategy.run() -> RunReport -> results directory
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from sltestbed.experiment import ExperimentConfig
-from strategies import make_strategy
+from strategies import run_strategy
 
 from .results import summary_table, write_results
+from .transport import GridTransport
 
 app = ServerApp()
+
 
 def output_directory(cfg: ExperimentConfig) -> str:
     """<output-dir>/<run-name>; a relative output-dir resolves against the directory `flwr run`
@@ -34,12 +40,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = ExperimentConfig.from_run_config(dict(context.run_config))  # a bad value stops the run here
     log(f"run {cfg.name}: {cfg.strategy}, {cfg.quantizer} {cfg.bits_label} bits, {cfg.num_rounds} rounds")
-    strategy = make_strategy(grid, cfg, log)
-    strategy.run()
+    report = run_strategy(cfg, GridTransport(grid, cfg), log)
     directory = output_directory(cfg)
-    if cfg.save_model:
-        model = strategy.trained_model()
-        if model is not None:
-            model.save_pretrained(os.path.join(directory, "model"))
-    summary = write_results(directory, strategy.cfg, strategy, time.perf_counter() - started)
+    summary = write_results(directory, report, time.perf_counter() - started)
     print(summary_table(summary, directory), flush=True)

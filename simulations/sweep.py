@@ -38,10 +38,10 @@ from typing import Any
 
 from sltestbed.experiment import ExperimentConfig
 
-from .launch import parse_overrides, simulation_superlink
+from .launch import parse_overrides
+from .superlink import simulation_superlink
 
 APP_DIR = Path(__file__).resolve().parent.parent
-CACHE_DIR = os.path.join(".cache", "sltestbed")
 
 
 def expand(points: list[dict], strategies: list[str], seeds: list[int], common: dict) -> list[dict]:
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     points = quantizer_points(args.quantizer, args.bits) if args.quantizer else spec.get("points", [])
     here = Path.cwd()
     common = {**spec.get("config", {}), **parse_overrides(args.overrides)}
-    _absolute(common, "cache-dir", CACHE_DIR, here)
+    _absolute(common, "cache-dir", ExperimentConfig.cache_dir, here)
     out = (here / (args.out or spec.get("out", "runs/sweep"))).resolve()
     configs = expand(points, args.strategy or spec.get("strategies", ["parallel"]),
                      args.seed if args.seed is not None else spec.get("seeds", [0]), common)

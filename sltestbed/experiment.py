@@ -1,24 +1,25 @@
-"""The experiment configuration of a Flower run: every run-config key, its default, what it
-may be, and the set-up both sides derive from it (data, partitions, the base model).
+"""The experiment configuration: every run-config key, its default, what it may be.
+
+The one source of defaults: the Flower app's `[tool.flwr.app.config]` in pyproject.toml
+lists the same keys with the same values (a test holds them equal), and the
+`python -m sltestbed.train` command takes its defaults from here too.
 
 Flower-free: `ExperimentConfig.from_run_config(context.run_config)` is all the apps need.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
-from .data import VQACollator, build_tokenizer, load_dataset, load_partition, split_holdout
 from .data.partition import PARTITIONERS
-from .model import PRESETS, parse_cut, preset
-from .model.tinyllava import MODALITIES
-from .quantizers import AUTO_BITS_SCHEMES, SCHEMES, implied_bits, scheme_class
-from .roles import GRADIENT_SCHEMES
-from .trainer import MODULE_GROUPS, TensorData
+from .model import MODALITIES, PRESETS, parse_cut
+from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES, implied_bits, scheme_class
+from .trainer import MODULE_GROUPS
 
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
+LABELS = ("server", "client")  # where the labels and the loss live
+CACHE_DIR = os.path.join(".cache", "sltestbed")  # where base models are cached (relative: to the working directory)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class ExperimentConfig:
     save_model: bool = False  # write the trained model (server part + a client's part) to <run>/model
     output_dir: str = "results"
     run_name: str = ""
-    cache_dir: str = os.path.join(".cache", "sltestbed")
+    cache_dir: str = CACHE_DIR
 
     # --- construction and validation -----------------------------------------------------
     @classmethod
@@ -96,7 +97,7 @@ class ExperimentConfig:
         choose("strategy", self.strategy, STRATEGIES)
         choose("quantizer", self.quantizer, SCHEMES)
         choose("grad-quantizer", self.grad_quantizer, GRADIENT_SCHEMES)
-        choose("labels", self.labels, ("server", "client"))
+        choose("labels", self.labels, LABELS)
         choose("preset", self.preset, tuple(PRESETS))
         choose("partitioner", self.partitioner, tuple(PARTITIONERS))
         if self.auto_bits:
@@ -213,10 +214,13 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
-    def base_spec(self):
-        from .train import BaseSpec
+    @property
+    def image_size(self) -> int:
+        return PRESETS[self.preset]["image_size"]
 
-        return BaseSpec(self.dataset, self.preset, None, self.seed, self.base_epochs, self.base_lr, 64, self.test_fraction)
+    def quantizer_overrides(self) -> dict:
+        """The model-config keys of the run's quantizers at the cut."""
+        return {"quantizer": self.quantizer, "bits": self.act_bits, "modality_bits": self.widths}
 
 
 def _width(scheme: str, bits: int) -> int:
@@ -226,52 +230,3 @@ def _width(scheme: str, bits: int) -> int:
     if len(cls.bits_range) == 1:
         return cls.bits_range.start
     return implied_bits(scheme, bits or None)
-
-
-@functools.lru_cache(maxsize=4)
-def load_splits(dataset: str, seed: int, test_fraction: float, image_size: int, options: tuple = ()):
-    """(train, test, tokenizer, collator) with the images at the model's size, cached per
-    process: every party derives the same vocabulary from the same seeded data. `options`:
-    the data set's own options as sorted (key, value) pairs."""
-    ds = load_dataset(dataset, seed=seed, image_size=image_size, **dict(options))
-    train, test = split_holdout(ds, test_fraction=test_fraction, seed=seed)
-    tokenizer = build_tokenizer([train, test])
-    return train, test, tokenizer, VQACollator(tokenizer)
-
-
-def splits(cfg: ExperimentConfig):
-    return load_splits(cfg.dataset, cfg.seed, cfg.test_fraction, PRESETS[cfg.preset]["image_size"])
-
-
-def client_data(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -> tuple[TensorData, TensorData]:
-    """One client's training partition and its shard of the held-out test split."""
-    return _client_data(cfg.dataset, cfg.seed, cfg.test_fraction, PRESETS[cfg.preset]["image_size"], cfg.partitioner,
-                        cfg.alpha, partition_id, num_partitions)
-
-
-@functools.lru_cache(maxsize=16)
-def _client_data(dataset, seed, test_fraction, image_size, partitioner, alpha, partition_id, num_partitions):
-    train, test, _, collator = load_splits(dataset, seed, test_fraction, image_size)
-    options = {"alpha": alpha, "min_partition_size": 1} if partitioner == "dirichlet" else {}
-    mine = load_partition(train, partition_id, num_partitions, partitioner, seed=seed, **options)
-    shard = load_partition(test, partition_id, num_partitions, "iid", seed=seed)
-    if len(mine) == 0:
-        raise ValueError(f"partition {partition_id} of {num_partitions} is empty")
-    qtypes = question_types(dataset, seed, test_fraction, image_size)
-    return TensorData(mine, collator, qtypes), TensorData(shard, collator, qtypes)
-
-
-@functools.lru_cache(maxsize=4)
-def question_types(dataset: str, seed: int, test_fraction: float, image_size: int) -> list[str]:
-    """Every question type of the data set, sorted: the index both sides count by."""
-    train, test, _, _ = load_splits(dataset, seed, test_fraction, image_size)
-    return sorted(set(train.unique("qtype")) | set(test.unique("qtype")))
-
-
-def model_config(cfg: ExperimentConfig, vocab_size: int):
-    return preset(cfg.preset, vocab_size=vocab_size, **quantizer_overrides(cfg))
-
-
-def quantizer_overrides(cfg: ExperimentConfig) -> dict:
-    """The model-config keys of the run's quantizers at the cut."""
-    return {"quantizer": cfg.quantizer, "bits": cfg.act_bits, "modality_bits": cfg.widths}

@@ -62,13 +62,6 @@ class ByteLedger:
             cell["serialized"] += r.serialized_bytes
         return {d: dict(k) for d, k in out.items()}
 
-    def bytes_by_round(self) -> dict[int, dict[str, int]]:
-        """{round: {"up": serialized bytes, "down": serialized bytes}}."""
-        out: dict = defaultdict(lambda: {d: 0 for d in DIRECTIONS})
-        for r in self.rows:
-            out[r.round][r.direction] += r.serialized_bytes
-        return dict(out)
-
     def write_csv(self, path: str) -> None:
         names = [f.name for f in fields(LedgerRow)]
         with open(path, "w", newline="") as f:
@@ -76,13 +69,3 @@ class ByteLedger:
             writer.writeheader()
             for r in self.rows:
                 writer.writerow(asdict(r))
-
-    @classmethod
-    def read_csv(cls, path: str) -> "ByteLedger":
-        ledger = cls()
-        with open(path, newline="") as f:
-            for rec in csv.DictReader(f):
-                ledger.rows.append(LedgerRow(**{  # a column an older ledger lacks keeps its default
-                    fl.name: (int(rec[fl.name]) if fl.type in (int, "int") else rec[fl.name])
-                    for fl in fields(LedgerRow) if fl.name in rec}))
-        return ledger

@@ -1,13 +1,15 @@
 """Split-learning roles: what the client and the server each compute in a training step.
 
-Flower-free: a transport (the Flower app, or a test in one process) moves the payloads.
+Flower-free: a transport (the Flower app, or a test in one process) moves the payloads. The
+roles take and return payloads (codes and side information, as they cross the link); each
+side dequantizes what it receives itself.
 
-    client.forward()                  -> activations (Payload per modality), lengths, labels
-    server.forward([inputs...])       -> logits per client (graph kept)
-      labels at the server:  server.backward_from_labels([labels...])     -> gradients per client
+    client.forward()                    -> Activations (a Payload per modality, lengths), labels
+    server.forward([activations...])    -> logits per client (graph kept)
+      labels at the server:  server.backward_from_labels([labels...])     -> gradient payloads per client
       labels at the client:  client.loss_and_logit_grad(logits)           -> loss, d loss / d logits
-                             server.backward_from_logit_grads([dlogits])  -> gradients per client
-    client.backward(gradients)        -> the client part steps
+                             server.backward_from_logit_grads([dlogits])  -> gradient payloads per client
+    client.backward(gradient payloads)  -> the client part steps
 
 Each side has its own AdamW and schedule over the parameters it holds; per-parameter
 optimizers, so the pair trains exactly like one optimizer over the whole model.
@@ -17,30 +19,22 @@ from __future__ import annotations
 
 import copy
 import io
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import get_cosine_schedule_with_warmup
 
-from .model import ClientPart, ServerPart, TinyLlava
-from .quantizers import Payload, build_quantizer, dequantize
-from .trainer import TensorData, set_trainable
-
-GRADIENT_SCHEMES = ("fp32", "fp16", "bf16", "uniform", "nf", "topk")
+from .model import MODALITIES, ClientPart, ServerPart, TinyLlava
+from .quantizers import GRADIENT_SCHEMES, Payload, build_quantizer, dequantize
+from .trainer import OptimConfig, TensorData, set_trainable
 
 
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float
-    total_steps: int
-    warmup: float = 0.03
-    weight_decay: float = 0.01
+class Activations(NamedTuple):
+    """One client's batch at the cut, as it crosses the link: a payload per modality, and the
+    question lengths (where each sample's answer position is)."""
 
-    def build(self, params):
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup * self.total_steps), max(self.total_steps, 1))
-        return optimizer, schedule
+    payloads: dict[str, Payload]
+    lengths: torch.Tensor
 
 
 class BatchCursor:
@@ -102,24 +96,26 @@ class ClientRole:
         self.steps = 0
 
     # --- training -------------------------------------------------------------------------
-    def forward(self) -> dict:
+    def forward(self) -> tuple[Activations, torch.Tensor]:
+        """The next batch's activations, and its labels."""
         idx = self.cursor.next()
         return self._forward(idx)
 
-    def _forward(self, idx: torch.Tensor) -> dict:
+    def _forward(self, idx: torch.Tensor) -> tuple[Activations, torch.Tensor]:
+        """(the batch's activations, its labels)."""
         batch = self.data.batch(idx)
         self.part.train()
         outs = self.part(batch["pixel_values"], batch["input_ids"])
         self.pending = (idx, outs, batch)
-        return {"payloads": {m: o.payload for m, o in outs.items()}, "lengths": batch["lengths"],
-                "labels": batch["labels"]}
+        return Activations({m: o.payload for m, o in outs.items()}, batch["lengths"]), batch["labels"]
 
-    def backward(self, gradients: dict[str, torch.Tensor]) -> None:
-        """Apply d loss / d (dequantized values) per modality through the straight-through
-        estimator, plus this side's distortion loss, and step."""
+    def backward(self, gradients: dict[str, Payload]) -> None:
+        """Apply d loss / d (dequantized values) per modality (as the payloads the server sent)
+        through the straight-through estimator, plus this side's distortion loss, and step."""
         if self.pending is None:
             raise RuntimeError("client received a gradient but has no forward pass waiting for one")
         _, outs, _ = self.pending
+        gradients = {m: dequantize(p) for m, p in gradients.items()}
         for m, g in gradients.items():
             if g.shape != outs[m].values.shape:
                 raise ValueError(f"gradient for {m} has shape {tuple(g.shape)}, activations {tuple(outs[m].values.shape)}")
@@ -145,13 +141,13 @@ class ClientRole:
 
     # --- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate_forward(self, data: TensorData) -> dict:
-        """Quantized features of a whole evaluation shard."""
+    def evaluate_forward(self, data: TensorData) -> tuple[Activations, dict]:
+        """Quantized features of a whole evaluation shard, and the shard's batch (labels and
+        question types)."""
         self.part.eval()
         batch = data.batch(torch.arange(len(data)))
         outs = self.part(batch["pixel_values"], batch["input_ids"])
-        return {"payloads": {m: o.payload for m, o in outs.items()}, "lengths": batch["lengths"],
-                "labels": batch["labels"], "qtype_index": batch["qtype_index"]}
+        return Activations({m: o.payload for m, o in outs.items()}, batch["lengths"]), batch
 
     # --- state ----------------------------------------------------------------------------
     def state_bytes(self) -> bytes:
@@ -192,20 +188,21 @@ class ServerRole:
         self.logits = None
         self.steps = 0
 
-    def forward(self, inputs: list[dict]) -> list[torch.Tensor]:
-        """inputs: per client {"image": values, "text": values, "lengths": ...} (dequantized).
-        All clients in one batch, one forward; returns each client's logits slice."""
+    def forward(self, inputs: list[Activations]) -> list[torch.Tensor]:
+        """Every client's activations in one batch, one forward; returns each client's logits
+        slice (the graph is kept for the backward)."""
         self.part.train()
-        leaves = [{m: x[m].detach().float().requires_grad_(True) for m in ("image", "text")} for x in inputs]
+        leaves = [{m: dequantize(x.payloads[m]).detach().float().requires_grad_(True) for m in MODALITIES}
+                  for x in inputs]
         logits = self._logits(leaves, inputs)
         self.inputs, self.logits = leaves, logits
-        return list(logits.detach().split([len(x["lengths"]) for x in inputs]))
+        return list(logits.detach().split([len(x.lengths) for x in inputs]))
 
-    def _logits(self, leaves, inputs) -> torch.Tensor:
+    def _logits(self, leaves, inputs: list[Activations]) -> torch.Tensor:
         text_len = max(x["text"].shape[1] for x in leaves)
         image = torch.cat([x["image"] for x in leaves])
         text = torch.cat([nn.functional.pad(x["text"], (0, 0, 0, text_len - x["text"].shape[1])) for x in leaves])
-        lengths = torch.cat([x["lengths"] for x in inputs])
+        lengths = torch.cat([x.lengths for x in inputs])
         return self.part(image, text, lengths)
 
     def backward_from_labels(self, labels: list[torch.Tensor]) -> tuple[float, list[Payload]]:
@@ -235,15 +232,15 @@ class ServerRole:
 
     def _gradients(self) -> list[Payload]:
         """d loss / d (dequantized values), per client and modality, quantized for the way down."""
-        grads = [{m: self.grad_encoder.encode(leaf[m].grad) for m in ("image", "text")} for leaf in self.inputs]
+        grads = [{m: self.grad_encoder.encode(leaf[m].grad) for m in MODALITIES} for leaf in self.inputs]
         self.inputs, self.logits = None, None
         return grads
 
     @torch.no_grad()
-    def predict(self, inputs: list[dict]) -> list[torch.Tensor]:
+    def predict(self, inputs: list[Activations]) -> list[torch.Tensor]:
         self.part.eval()
-        leaves = [{m: x[m].float() for m in ("image", "text")} for x in inputs]
-        return list(self._logits(leaves, inputs).split([len(x["lengths"]) for x in inputs]))
+        leaves = [{m: dequantize(x.payloads[m]).float() for m in MODALITIES} for x in inputs]
+        return list(self._logits(leaves, inputs).split([len(x.lengths) for x in inputs]))
 
     def part_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.part.state_dict().items()}
@@ -254,16 +251,3 @@ class ServerRole:
     def copy(self) -> "ServerRole":
         """An independent server-part copy (SplitFed v1: one per client)."""
         return copy.deepcopy(self)
-
-
-def dequantized(payloads: dict[str, Payload]) -> dict[str, torch.Tensor]:
-    return {m: dequantize(p) for m, p in payloads.items()}
-
-
-def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """Weighted average of state dicts (FedAvg's aggregation)."""
-    if not states or len(states) != len(weights) or sum(weights) <= 0:
-        raise ValueError("fedavg needs states with positive total weight")
-    total = float(sum(weights))
-    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights)).to(states[0][k].dtype)
-            for k in states[0]}

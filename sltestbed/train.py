@@ -15,56 +15,26 @@ quantizer per modality at the cut and fine-tunes it with the two-stage regime.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import torch
 
+from .base_model import BaseSpec, ensure_base_model, train_centralized
 from .data import majority_baseline
-from .experiment import load_splits
-from .model import SplitTinyLlava, TinyLlava, preset
+from .experiment import CACHE_DIR
+from .model import SplitTinyLlava, TinyLlava
 from .model.config import PRESETS
 from .quantizers import SCHEMES, implied_bits
+from .splits import load_splits
 from .trainer import TensorData, evaluate, stage_regime, train_stage
-
-DEFAULT_CACHE = os.path.join(".cache", "sltestbed")
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def model_config(args, **overrides):
-    if args.image_size:
-        overrides["image_size"] = args.image_size
-    return preset(args.preset, **overrides)
-
-
-@dataclass(frozen=True)
-class BaseSpec:
-    """What the base model (the centralized reference split training starts from) is trained
-    on and how; its hash names the cache directory."""
-
-    dataset: str
-    preset: str
-    image_size: int | None
-    seed: int
-    epochs: int
-    lr: float
-    batch_size: int
-    test_fraction: float
-    dataset_options: tuple = ()  # sorted (key, value) pairs
-
-    def key(self) -> str:
-        fields = asdict(self)
-        if not fields["dataset_options"]:  # keeps the names of caches made before options existed
-            del fields["dataset_options"]
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def base_spec(args) -> BaseSpec:
@@ -72,53 +42,11 @@ def base_spec(args) -> BaseSpec:
                     args.test_fraction, tuple(sorted(args.dataset_options.items())))
 
 
-def train_centralized(spec: BaseSpec, train_data, test_data, vocab_size: int, progress: bool = True,
-                      log_fn=None):
-    """The unsplit model trained on all the data; without a progress bar, `log_fn` gets a line
-    every 5 epochs."""
-    torch.manual_seed(spec.seed)
-    model = TinyLlava(model_config(spec, vocab_size=vocab_size))
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        if log_fn is not None and not progress and (epoch % 5 == 0 or epoch == spec.epochs):
-            log_fn(f"base model: epoch {epoch}/{spec.epochs}, training loss {loss:.4f}")
-
-    losses = train_stage(model, model, train_data, stage_regime("full", spec.epochs, spec.lr)[0], spec.batch_size,
-                         spec.seed, progress=progress, on_epoch=on_epoch)
-    return model, {"losses": losses, **evaluate(model, test_data)}
-
-
-def ensure_base_model(base: str, spec: BaseSpec, cache_dir: str, train_data, test_data, vocab_size: int,
-                      progress: bool = True, log_fn=log) -> str | None:
-    """Directory of the base checkpoint: `base` itself if it is a directory, None for 'none',
-    and for 'auto' the centralized reference of `spec`, trained now unless cached."""
-    if base == "none":
-        return None
-    if base != "auto":
-        if not os.path.isdir(base):
-            raise ValueError(f"base: no such model directory {base!r}")
-        return base
-    directory = os.path.join(cache_dir, f"base-{spec.key()}")
-    if os.path.isfile(os.path.join(directory, "model.safetensors")):
-        log_fn(f"base model: cached at {directory}")
-        return directory
-    log_fn(f"base model: training the centralized reference for {spec.epochs} epochs (cached at {directory})")
-    model, result = train_centralized(spec, train_data, test_data, vocab_size, progress, log_fn)
-    tmp = f"{directory}.tmp-{os.getpid()}"  # written aside, then renamed: readers never see half a model
-    model.save_pretrained(tmp)
-    if os.path.exists(directory):  # another process got there first
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, directory)
-    log_fn(f"base model: held-out accuracy {result['accuracy']:.4f}")
-    return directory
-
-
 def train_split(args, quantizer: str, bits: int | None, base_dir: str | None, train_data, test_data, vocab_size) -> dict:
     torch.manual_seed(args.seed)
     overrides = dict(quantizer=quantizer, bits=bits)
     model = TinyLlava.from_pretrained(base_dir, **overrides) if base_dir else TinyLlava(
-        model_config(args, vocab_size=vocab_size, **overrides))
+        base_spec(args).model_config(vocab_size, **overrides))
     split = SplitTinyLlava(model, cut=args.cut, labels=args.labels)
     losses = []
     for stage in stage_regime(args.stages, args.epochs, args.lr):
@@ -150,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--stages", default="two-stage", choices=("full", "two-stage"))
     p.add_argument("--distortion-weight", type=float, default=0.25)
     p.add_argument("--base", default="auto", help="'auto' (cached centralized reference), a model directory, or 'none'")
-    p.add_argument("--cache-dir", default=os.environ.get("SLTESTBED_CACHE", DEFAULT_CACHE))
+    p.add_argument("--cache-dir", default=os.environ.get("SLTESTBED_CACHE", CACHE_DIR))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", dest="json_path")
     p.add_argument("--save", help="save the trained model (single run) to this directory")
@@ -205,8 +133,8 @@ def main(argv=None) -> dict:
             model.save_pretrained(args.save)
         runs = [{"mode": "centralized", "quantizer": None, "bits": 32, **result}]
     else:
-        base_dir = ensure_base_model(args.base, base_spec(args), args.cache_dir, train_data, test_data, vocab,
-                                     not args.quiet)
+        base_dir = ensure_base_model(args.base, base_spec(args), args.cache_dir, lambda: (train_data, test_data), vocab,
+                                     not args.quiet, log_fn=log)
         runs = []
         for quantizer, bits in args.runs:
             t0 = time.perf_counter()

@@ -1,10 +1,10 @@
 """Training and evaluation loops shared by the centralized reference and in-process split
 training: which modules train in a stage, batches from pre-collated tensors, AdamW with
-warm-up and cosine decay, exact-match accuracy per question type."""
+warm-up and cosine decay (`OptimConfig`, also what each side of a split step steps with),
+exact-match accuracy per question type."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +13,25 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .model import TinyLlava
+from .scoring import Scores
 
 MODULE_GROUPS = ("vision", "connector", "quantizers", "lm")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a linear warm-up over the first `warmup` of `total_steps`, then cosine decay."""
+
+    lr: float
+    total_steps: int
+    warmup: float = 0.03
+    weight_decay: float = 0.01
+
+    def build(self, params):
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup * self.total_steps),
+                                                   max(self.total_steps, 1))
+        return optimizer, schedule
 
 
 @dataclass(frozen=True)
@@ -112,9 +129,8 @@ def train_stage(model: nn.Module, base: TinyLlava, data: TensorData, stage: Stag
     """Train `model` (unsplit or split; its weights live in `base`) for one stage. Returns the
     mean training loss of each epoch; `on_epoch(epoch, loss)` is called after each."""
     params = set_trainable(base, stage.trains)
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay)
     steps = stage.epochs * -(-len(data) // batch_size)
-    schedule = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup * steps), max(steps, 1))
+    optimizer, schedule = OptimConfig(stage.lr, steps, stage.warmup, weight_decay).build(params)
     generator = torch.Generator().manual_seed(seed)
     run = forward_fn(model)
     losses = []
@@ -145,12 +161,8 @@ def evaluate(model: nn.Module, data: TensorData, batch_size: int = 256) -> dict:
     """Exact-match accuracy of the greedy one-token answer, overall and per question type."""
     model.eval()
     run = forward_fn(model)
-    correct = torch.zeros(len(data.qtypes))
-    seen = torch.zeros(len(data.qtypes))
+    scores = Scores()
     for batch in data.batches(batch_size):
         logits, _ = run(batch)
-        hit = (logits.argmax(-1) == batch["labels"]).float()
-        correct.index_add_(0, batch["qtype_index"], hit)
-        seen.index_add_(0, batch["qtype_index"], torch.ones_like(hit))
-    by_type = {q: float(c / s) for q, c, s in zip(data.qtypes, correct, seen) if s > 0}
-    return {"accuracy": float(correct.sum() / seen.sum()), "accuracy_by_type": by_type}
+        scores += Scores.of(logits.argmax(-1), batch["labels"], batch["qtype_index"], data.qtypes)
+    return scores.result()

@@ -1,17 +1,25 @@
-"""Server-side coordination of split training on Flower's Grid, one strategy per module."""
+"""Server-side coordination of split training, one strategy per module, Flower-free: a
+strategy talks to its clients through a `Transport` (`transport.py`)."""
 
 from .fedavg import FedAvgStrategy
 from .parallel import ParallelStrategy
 from .sequential import SequentialStrategy, SplitFedV2Strategy
+from .setup import RunSetup, prepare_run
 from .splitfed import SplitFedV1Strategy
 
 STRATEGY_CLASSES = {cls.name: cls for cls in (SequentialStrategy, SplitFedV1Strategy, SplitFedV2Strategy,
                                               ParallelStrategy, FedAvgStrategy)}
 
 
-def make_strategy(grid, cfg, log=print):
+def make_strategy(setup: RunSetup, transport, log=print):
     try:
-        cls = STRATEGY_CLASSES[cfg.strategy]
+        cls = STRATEGY_CLASSES[setup.cfg.strategy]
     except KeyError:
-        raise ValueError(f"strategy {cfg.strategy!r} is not available; available: {', '.join(STRATEGY_CLASSES)}") from None
-    return cls(grid, cfg, log)
+        raise ValueError(f"strategy {setup.cfg.strategy!r} is not available; "
+                         f"available: {', '.join(STRATEGY_CLASSES)}") from None
+    return cls(setup, transport, log)
+
+
+def run_strategy(cfg, transport, log=print):
+    """Set-up, then the strategy's run: the whole server side of one experiment."""
+    return make_strategy(prepare_run(cfg, transport, log), transport, log).run()

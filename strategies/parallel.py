@@ -20,14 +20,15 @@ from .base import Strategy
 class ParallelStrategy(Strategy):
     name = "parallel"
 
-    def __init__(self, grid, cfg, log=print):
-        super().__init__(grid, cfg, log)
+    def __init__(self, setup, transport, log=print):
+        super().__init__(setup, transport, log)
+        cfg = self.cfg
         k = max(1, math.ceil(cfg.fraction * len(self.clients)))
         self.client_batch = math.ceil(cfg.batch_size / k)
         mean_size = sum(c.train_size for c in self.clients) / len(self.clients)
         self.steps_per_round = cfg.local_epochs * math.ceil(mean_size / self.client_batch)
         self.client_steps = cfg.num_rounds * self.steps_per_round
-        self.server = self.server_role(self.new_model(), self.client_steps)
+        self.server = self.server_role(setup.new_model(), self.client_steps)
 
     def train_round(self, rnd: int) -> dict:
         clients = self.sample()

@@ -12,77 +12,57 @@ import math
 
 import torch
 
-from sltestbed.roles import fedavg
-
 from .base import Strategy
 
 
 class SequentialStrategy(Strategy):
     name = "sequential"
 
-    def __init__(self, grid, cfg, log=print):
-        super().__init__(grid, cfg, log)
+    def __init__(self, setup, transport, log=print):
+        super().__init__(setup, transport, log)
+        cfg = self.cfg
         self.client_batch = cfg.batch_size
         self.steps = {c.node_id: cfg.local_epochs * math.ceil(c.train_size / cfg.batch_size) for c in self.clients}
         self.client_steps = cfg.num_rounds * max(self.steps.values())
-        self.server = self.server_role(self.new_model(), cfg.num_rounds * sum(self.steps.values()))
-        self.holder = None  # the node holding the latest client part
-
-    def order(self, clients):
-        return clients
+        self.server = self.server_role(setup.new_model(), cfg.num_rounds * sum(self.steps.values()))
+        self.holder = None  # the client holding the latest client part
 
     def train_round(self, rnd: int) -> dict:
         losses = []
-        for client in self.order(self.sample()):
-            self.hand_over(rnd, client)
+        for client in self.sample():
+            if self.holder is not None and self.holder.node_id != client.node_id:
+                self.hand_over(rnd, [client])
             for step in range(self.steps[client.node_id]):
                 losses.append(self.split_step(rnd, step, [client], lambda node: self.server))
             self.holder = client
         return {"loss": self.mean(losses)}
 
-    def hand_over(self, rnd: int, client) -> None:
-        """The latest client part moves from its holder to `client` before it trains."""
-        if self.holder is not None and self.holder.node_id != client.node_id:
-            parts = self.collect_parts(rnd, [self.holder])
-            if self.holder.node_id in parts:
-                self.pending_part[client.node_id] = parts[self.holder.node_id]
+    def hand_over(self, rnd: int, clients) -> None:
+        """The latest client part moves from its holder to `clients` (with their next message)."""
+        parts = self.collect_parts(rnd, [self.holder])
+        if self.holder.node_id in parts:
+            for c in clients:
+                if c.node_id != self.holder.node_id:
+                    self.outbox.parts[c.node_id] = parts[self.holder.node_id]
 
     def evaluate_round(self, rnd: int) -> dict:
         if self.holder is not None:  # every client evaluates with the latest client part
-            parts = self.collect_parts(rnd, [self.holder])
-            for c in self.clients:
-                if c.node_id != self.holder.node_id and self.holder.node_id in parts:
-                    self.pending_part[c.node_id] = parts[self.holder.node_id]
+            self.hand_over(rnd, self.clients)
         return self.evaluate_split(rnd, self.server)
 
 
 class SplitFedV2Strategy(SequentialStrategy):
     name = "splitfed-v2"
 
-    def order(self, clients):
-        return [clients[i] for i in torch.randperm(len(clients), generator=self.generator)]
-
-    def hand_over(self, rnd: int, client) -> None:
-        pass  # every client starts the round from the averaged client part it already holds
-
     def train_round(self, rnd: int) -> dict:
-        clients = self.order(self.sample())
+        clients = self.sample()
+        clients = [clients[i] for i in torch.randperm(len(clients), generator=self.generator)]
         losses = []
-        for client in clients:
+        for client in clients:  # each from the averaged client part it already holds
             for step in range(self.steps[client.node_id]):
                 losses.append(self.split_step(rnd, step, [client], lambda node: self.server))
         self.average_client_parts(rnd, clients)
         return {"loss": self.mean(losses)}
-
-    def average_client_parts(self, rnd: int, clients) -> None:
-        parts = self.collect_parts(rnd, clients)
-        if not parts:
-            return
-        size = {c.node_id: c.train_size for c in clients}
-        nodes = list(parts)
-        average = fedavg([parts[n] for n in nodes], [size[n] for n in nodes])
-        for c in self.clients:
-            self.pending_part[c.node_id] = average
 
     def evaluate_round(self, rnd: int) -> dict:
         return self.evaluate_split(rnd, self.server)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from sltestbed.roles import fedavg
+from sltestbed.fedavg import fedavg
 
 from .base import Strategy
 
@@ -14,26 +14,22 @@ from .base import Strategy
 class SplitFedV1Strategy(Strategy):
     name = "splitfed-v1"
 
-    def __init__(self, grid, cfg, log=print):
-        super().__init__(grid, cfg, log)
+    def __init__(self, setup, transport, log=print):
+        super().__init__(setup, transport, log)
+        cfg = self.cfg
         self.client_batch = cfg.batch_size
         mean_size = sum(c.train_size for c in self.clients) / len(self.clients)
         self.steps_per_round = cfg.local_epochs * math.ceil(mean_size / cfg.batch_size)
         self.client_steps = cfg.num_rounds * self.steps_per_round
-        self.server = self.server_role(self.new_model(), self.client_steps)
+        self.server = self.server_role(setup.new_model(), self.client_steps)
         self.copies = {c.node_id: self.server.copy() for c in self.clients}
 
     def train_round(self, rnd: int) -> dict:
         clients = self.sample()
         losses = [self.split_step(rnd, step, clients, lambda node: self.copies[node])
                   for step in range(self.steps_per_round)]
+        answered = self.average_client_parts(rnd, clients) or [c.node_id for c in clients]
         size = {c.node_id: c.train_size for c in clients}
-        parts = self.collect_parts(rnd, clients)
-        if parts:
-            average = fedavg([parts[n] for n in parts], [size[n] for n in parts])
-            for c in self.clients:
-                self.pending_part[c.node_id] = average
-        answered = [c.node_id for c in clients if c.node_id in parts] or [c.node_id for c in clients]
         server_average = fedavg([self.copies[n].part_state() for n in answered], [size[n] for n in answered])
         self.server.load_part_state(server_average)
         for copy in self.copies.values():

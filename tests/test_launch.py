@@ -1,4 +1,5 @@
-"""End-to-end checks of simulations/launch.py on a tiny throwaway Flower app.
+"""End-to-end checks of the Flower harness (simulations/superlink.py, deployment.py, processes.py,
+flower_env.py) on a tiny throwaway Flower app.
 
 The app (module ``harness_echo_app``, written into a tmp dir per test) has a ServerApp that
 sends one ``train.echo`` message per node for ``num-rounds`` rounds and writes what came
@@ -19,13 +20,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import simulations.launch as fh  # noqa: E402
+from simulations.deployment import deployment  # noqa: E402
+from simulations.flower_env import FlowerHarnessError, find_venv_bin, flower_env  # noqa: E402
+from simulations.processes import HARNESS_TAG_VAR, pid_alive  # noqa: E402
+from simulations.superlink import run_simulation, simulation_superlink  # noqa: E402
 
 pytestmark = pytest.mark.flower
 
 try:
-    fh.find_venv_bin()
-except fh.FlowerHarnessError as _err:  # pragma: no cover - environment without flwr
+    find_venv_bin()
+except FlowerHarnessError as _err:  # pragma: no cover - environment without flwr
     pytestmark = [pytest.mark.flower, pytest.mark.skip(reason=str(_err))]
 
 
@@ -165,12 +169,12 @@ def check_echo_report(out_file: Path, num_nodes: int, num_rounds: int, base: int
 
 
 def assert_all_dead(pids) -> None:
-    alive = [p for p in pids if fh.pid_alive(p)]
+    alive = [p for p in pids if pid_alive(p)]
     assert not alive, f"still alive: {alive}"
 
 
 def test_flower_env_is_isolated(tmp_path):
-    env = fh.flower_env(tmp_path)
+    env = flower_env(tmp_path)
     assert env["FLWR_HOME"] == str(tmp_path.resolve() / "flwr_home")
     assert Path(env["FLWR_HOME"]).is_dir()
     assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
@@ -180,7 +184,7 @@ def test_flower_env_is_isolated(tmp_path):
     assert (first / "flwr").exists() and (first / "flower-superlink").exists()
     assert env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] != "39091"
     assert "RAY_ADDRESS" not in env
-    assert env[fh.HARNESS_TAG_VAR] != fh.flower_env(tmp_path)[fh.HARNESS_TAG_VAR]
+    assert env[HARNESS_TAG_VAR] != flower_env(tmp_path)[HARNESS_TAG_VAR]
     assert os.environ.get("FLWR_HOME") != env["FLWR_HOME"]  # os.environ untouched
 
 
@@ -188,7 +192,7 @@ def test_simulation_echo(tmp_path):
     app_dir = write_echo_app(tmp_path)
     out_file = tmp_path / "out" / "echo.json"
     out_file.parent.mkdir()
-    res = fh.run_simulation(
+    res = run_simulation(
         app_dir, tmp_path / "sim",
         run_config={"out-file": str(out_file), "num-rounds": 2, "base": 7, "scale": 2.5, "flag": True},
         num_supernodes=2, timeout=120,
@@ -220,7 +224,7 @@ def test_simulation_failure_and_reuse(tmp_path):
     """A failing ServerApp is reported as failed (``--stream`` itself exits 0); the same
     SuperLink then serves another run with 3 nodes and a relative out-file."""
     app_dir = write_echo_app(tmp_path)
-    with fh.simulation_superlink(tmp_path / "sim") as link:
+    with simulation_superlink(tmp_path / "sim") as link:
         bad = link.submit(app_dir, {"fail": True}, num_supernodes=2, timeout=120)
         assert bad.status == "finished:failed", bad.describe()
         assert not bad.ok
@@ -238,7 +242,7 @@ def test_simulation_failure_and_reuse(tmp_path):
 def test_simulation_timeout_stops_everything(tmp_path):
     app_dir = write_echo_app(tmp_path)
     out_file = tmp_path / "never.json"
-    res = fh.run_simulation(
+    res = run_simulation(
         app_dir, tmp_path / "sim",
         run_config={"out-file": str(out_file), "sleep-after-first-round": 300.0},
         timeout=25,
@@ -254,7 +258,7 @@ def test_deployment_echo(tmp_path):
     app_dir = write_echo_app(tmp_path)
     out_file = tmp_path / "dep_echo.json"
     node_configs = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
-    with fh.deployment(app_dir, tmp_path / "dep", num_supernodes=2, node_configs=node_configs) as dep:
+    with deployment(app_dir, tmp_path / "dep", num_supernodes=2, node_configs=node_configs) as dep:
         assert len(dep.node_ids) == 2
         res = dep.submit({"out-file": str(out_file), "num-rounds": 2, "base": 40}, timeout=120)
         assert res.ok, res.describe() + "\n" + "\n".join(dep.supernode_logs())

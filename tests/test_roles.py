@@ -5,8 +5,9 @@ import torch
 
 from sltestbed.data import VQACollator, build_tokenizer, make_digits_vqa
 from sltestbed.model import TinyLlava, preset
-from sltestbed.roles import BatchCursor, ClientRole, OptimConfig, ServerRole, dequantized, fedavg
-from sltestbed.trainer import MODULE_GROUPS, Stage, TensorData, train_stage
+from sltestbed.fedavg import fedavg
+from sltestbed.roles import BatchCursor, ClientRole, ServerRole
+from sltestbed.trainer import MODULE_GROUPS, OptimConfig, Stage, TensorData, train_stage
 
 BATCH, LR, SEED = 32, 3e-3, 5
 
@@ -23,15 +24,14 @@ def new_model(data, **changes):
 
 
 def split_step(client, server, labels="server"):
-    out = client.forward()
-    inputs = [{**dequantized(out["payloads"]), "lengths": out["lengths"]}]
-    logits = server.forward(inputs)
+    acts, batch_labels = client.forward()
+    logits = server.forward([acts])
     if labels == "server":
-        _, grads = server.backward_from_labels([out["labels"]])
+        _, grads = server.backward_from_labels([batch_labels])
     else:
         _, dlogits = client.loss_and_logit_grad(logits[0])
         grads = server.backward_from_logit_grads([dlogits])
-    client.backward(dequantized(grads[0]))
+    client.backward(grads[0])
 
 
 def roles(model, data, steps, cut=0, **server_options):
@@ -75,14 +75,14 @@ def test_client_state_restores_mid_step(data):
         split_step(ca, sa)
         split_step(cb, sb)
     # a forward is pending on b's client when its state is saved and restored into a fresh role
-    out = cb.forward()
+    acts, batch_labels = cb.forward()
     saved = cb.state_bytes()
     fresh, _ = roles(new_model(data, quantizer="learned", bits=2), data, 10)
     fresh.part.load_state_dict(cb.part.state_dict())
     fresh.load_state_bytes(saved)
-    logits = sb.forward([{**dequantized(out["payloads"]), "lengths": out["lengths"]}])
-    _, grads = sb.backward_from_labels([out["labels"]])
-    fresh.backward(dequantized(grads[0]))
+    sb.forward([acts])
+    _, grads = sb.backward_from_labels([batch_labels])
+    fresh.backward(grads[0])
     split_step(ca, sa)
     assert max((p - q).abs().max().item() for p, q in zip(ca.part.parameters(), fresh.part.parameters())) <= 1e-6
     assert fresh.steps == ca.steps == 4
@@ -91,11 +91,11 @@ def test_client_state_restores_mid_step(data):
 def test_compressed_gradients_go_down(data):
     model = new_model(data)
     client, server = roles(model, data, 2, grad_scheme="uniform", grad_bits=8)
-    out = client.forward()
-    server.forward([{**dequantized(out["payloads"]), "lengths": out["lengths"]}])
-    _, grads = server.backward_from_labels([out["labels"]])
+    acts, batch_labels = client.forward()
+    server.forward([acts])
+    _, grads = server.backward_from_labels([batch_labels])
     assert grads[0]["image"].scheme == "uniform" and grads[0]["image"].bits == 8
-    client.backward(dequantized(grads[0]))
+    client.backward(grads[0])
     with pytest.raises(ValueError, match="gradient quantizer 'learned' not allowed"):
         ServerRole(model, 0, optim=OptimConfig(LR, 1), grad_scheme="learned", grad_bits=2)
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..quantizers import QuantOut
 from .components import run_decoder_layers
-from .tinyllava import MODALITIES, TinyLlava, answer_positions
+from .tinyllava import TinyLlava, answer_positions
 
 
 def parse_cut(cut: str | int, num_layers: int) -> int:

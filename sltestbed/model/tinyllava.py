@@ -8,7 +8,6 @@ quantizers held here.
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch

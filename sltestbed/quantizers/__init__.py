@@ -25,6 +25,7 @@ ENCODERS: dict[str, type[QuantizerEncoder]] = {
     for cls in (PassthroughEncoder, FP16Encoder, BF16Encoder, UniformEncoder, NFEncoder, TopKEncoder, FSQEncoder, LearnedEncoder)
 }
 SCHEMES = tuple(ENCODERS)  # the order is the wire id: never reorder, only append
+GRADIENT_SCHEMES = ("fp32", "fp16", "bf16", "uniform", "nf", "topk")  # no learned part: usable for gradients
 _DECODERS = {"learned": LearnedDecoder, "fsq": FSQDecoder}
 
 
@@ -72,7 +73,7 @@ def dequantize(payload: Payload) -> torch.Tensor:
 
 
 __all__ = [
-    "AUTO_BITS_SCHEMES", "ENCODERS", "SCHEMES", "Field", "Payload", "QuantOut", "QuantizerDecoder", "QuantizerEncoder",
+    "AUTO_BITS_SCHEMES", "ENCODERS", "GRADIENT_SCHEMES", "SCHEMES", "Field", "Payload", "QuantOut", "QuantizerDecoder", "QuantizerEncoder",
     "build_quantizer", "check_features", "check_finite", "dequantize", "distortion_loss", "implied_bits",
     "nf_levels", "scheme_class",
 ]

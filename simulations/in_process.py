@@ -1,0 +1,97 @@
+"""The in-process transport: the ServerApp's strategies against the ClientApp's own handler,
+called directly, in one process, with no SuperLink, no Ray and no polling.
+
+Messages are the same Flower `Message`s of the same records as over the Grid, so the codec
+runs, the ledger counts the same bytes, and each node keeps its state in a `Context` as a
+SuperNode does. What differs: delivery is a function call, and a node that stalls (the
+`stall` fault) answers late without anyone waiting: its reply is held back from the exchange
+(counted as no reply) and arrives before the node's next message.
+
+    report = run_in_process({"preset": "tiny", "strategy": "sequential"}, num_supernodes=2)
+
+The strategies' unit tests use it; a run takes seconds where `flwr run` takes a minute.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+from flwr.app import Context, Error, Message, Metadata, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+
+from sltestbed.experiment import ExperimentConfig
+from strategies import run_strategy
+
+from . import client_app
+from .transport import MessageTransport
+
+class InProcessTransport(MessageTransport):
+    """`num_supernodes` nodes with partitions 0..n-1 under random node ids; `restore_every`
+    (testing): drop the ClientApp's per-process cache before every message, so each node's role
+    is rebuilt from its saved state as when another actor serves it."""
+
+    def __init__(self, run_config: dict, num_supernodes: int = 2, seed: int = 0, restore_every: bool = False):
+        super().__init__(ExperimentConfig.from_run_config(run_config))
+        if num_supernodes < 1:
+            raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
+        self.run_id = uuid.uuid4().int >> 65  # unique per transport: it keys the ClientApp's cache
+        rng = random.Random(seed)  # node ids at random, as a SuperLink draws them
+        self.contexts = {}
+        while len(self.contexts) < num_supernodes:
+            node = rng.getrandbits(63) + 2
+            self.contexts.setdefault(node, Context(self.run_id, node, {"partition-id": len(self.contexts),
+                                                                       "num-partitions": num_supernodes},
+                                                   RecordDict(), dict(run_config)))
+        self.restore_every = restore_every
+        self.late: dict[int, Message] = {}  # node -> a reply that came after its exchange ended
+
+    def node_ids(self) -> list[int]:
+        return sorted(self.contexts)
+
+    def _message(self, content, node: int, mtype: str) -> Message:
+        return Message(content=content, metadata=Metadata(
+            run_id=self.run_id, message_id=uuid.uuid4().hex, src_node_id=SUPERLINK_NODE_ID, dst_node_id=node,
+            reply_to_message_id="", group_id="", created_at=time.time(), ttl=43200.0, message_type=mtype))
+
+    def _deliver(self, messages, timeout):
+        replies, missing = [], {}
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if self.restore_every:
+                client_app._CACHE.pop((self.run_id, node), None)
+            stalled = []
+            try:
+                reply = client_app.handle(msg, self.contexts[node], wait=stalled.append)
+            except Exception as exc:  # what Flower turns into an error reply
+                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            if stalled:
+                self.late[node] = reply
+                missing[node] = msg.metadata.message_id
+            else:
+                replies.append(reply)
+        return replies, missing
+
+    def is_free(self, node: int) -> bool:
+        """A late reply is in by the time the node is asked again."""
+        if node in self.outstanding:
+            del self.outstanding[node]
+            self.late.pop(node, None)
+        return True
+
+    def stop(self) -> None:
+        """Forget the nodes' cached roles."""
+        for node in self.contexts:
+            client_app._CACHE.pop((self.run_id, node), None)
+
+
+def run_in_process(run_config: dict, num_supernodes: int = 2, log=lambda message: None, **transport_options):
+    """The whole server side of one experiment in this process: set-up, the strategy's run.
+    Returns (RunReport, transport). `run_config`: run-config keys as in `flwr run`."""
+    config = ExperimentConfig.from_run_config(run_config)
+    transport = InProcessTransport(run_config, num_supernodes, **transport_options)
+    try:
+        return run_strategy(config, transport, log), transport
+    finally:
+        transport.stop()

@@ -1,0 +1,163 @@
+"""A client's side of the protocol: what a SuperNode does with each message (Flower-free).
+
+A `ClientNode` holds one partition's data and, once training starts, its `ClientRole`
+(client part, optimizer, batch cursor, the forward awaiting its gradient). `handle` takes a
+request's `Content` and returns the reply's. The Flower ClientApp (and the in-process
+transport of the tests) only move contents and keep the role's state between messages.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import calibration, wire
+from .base_model import build_model
+from .experiment import ExperimentConfig
+from .fedavg import model_weights
+from .model import MODALITIES, ClientPart
+from .roles import ClientRole
+from .scoring import Scores
+from .splits import client_data, vocab_size
+from .trainer import OptimConfig, Stage, TensorData, train_stage
+from .wire import Batch, Content, LocalResult, LossReply, NodeInfo, StepMeta
+
+# the messages that act on the node's role (built on the first, restored from saved state)
+ROLE_MESSAGES = (wire.STEP, wire.LOGITS, wire.PART, wire.EVAL, wire.SCORE)
+
+
+class ClientNode:
+    def __init__(self, cfg: ExperimentConfig, partition: int, num_partitions: int):
+        if not 0 <= partition < num_partitions:
+            raise ValueError(f"partition-id {partition} is out of range for num-partitions {num_partitions}")
+        self.cfg, self.partition, self.num_partitions = cfg, partition, num_partitions
+        self.role: ClientRole | None = None
+
+    # --- data and role ------------------------------------------------------------------------
+    @property
+    def train(self) -> TensorData:
+        return client_data(self.cfg, self.partition, self.num_partitions)[0]
+
+    @property
+    def test(self) -> TensorData:
+        return client_data(self.cfg, self.partition, self.num_partitions)[1]
+
+    def run_config(self, meta: StepMeta | None = None) -> ExperimentConfig:
+        """The run config; with bits="auto", resolved by the widths the server sends once chosen."""
+        if self.cfg.auto_bits and meta is not None and meta.widths:
+            return self.cfg.resolved(meta.widths)
+        return self.cfg
+
+    def model(self, cfg: ExperimentConfig, base: str):
+        return build_model(cfg, base or None, vocab_size(cfg))
+
+    def start(self, meta: StepMeta) -> ClientRole:
+        """The role, built on first contact from what the server's meta says."""
+        if self.role is None:
+            cfg = self.run_config(meta)
+            self.role = ClientRole(self.model(cfg, meta.base), cfg.cut_layers, self.train, batch_size=meta.batch_size,
+                                   seed=cfg.seed + self.partition, optim=OptimConfig(cfg.lr, meta.total_steps),
+                                   trainable=cfg.modules, distortion_weight=cfg.distortion_weight)
+        return self.role
+
+    def state(self) -> bytes:
+        return self.role.state_bytes()
+
+    def restore(self, state: bytes) -> None:
+        self.role.load_state_bytes(state)
+
+    def receive(self, request: Content) -> None:
+        """What rode with the message: the pending gradient first (or, if none came, the last
+        forward is dropped: the server left this client out of that step), then weights."""
+        if request.grads is not None:
+            self.role.backward(request.grads)
+        elif self.role.pending is not None:
+            self.role.pending = None
+        if request.part is not None:
+            self.role.load_part_state(request.part)
+
+    # --- the messages ---------------------------------------------------------------------------
+    def handle(self, mtype: str, request: Content, wait=time.sleep) -> Content:
+        """The reply to one message. `wait(seconds)` is how the `stall` fault waits."""
+        try:
+            action = self._actions[mtype]
+        except KeyError:
+            raise ValueError(f"unknown message type {mtype!r}; known: {', '.join(wire.MESSAGE_TYPES)}") from None
+        if mtype in ROLE_MESSAGES:
+            self.start(request.meta)
+        return action(self, request, wait)
+
+    def _info(self, request: Content, wait) -> Content:
+        return Content(meta=NodeInfo(self.partition, self.num_partitions, len(self.train), len(self.test)))
+
+    def _calibrate(self, request: Content, wait) -> Content:
+        """bits="auto": the entropy report of this node's first training batches (summaries only)."""
+        meta = request.meta
+        probe = self.cfg.resolved({m: 8 for m in MODALITIES})  # the normalisation does not depend on the width
+        part = ClientPart(self.model(probe, meta.base), self.cfg.cut_layers)
+        report = calibration.calibrate(part, self.train, meta.batch_size, meta.batches, self.cfg.seed + self.partition,
+                                       meta.max_rel_mse)
+        return Content(calibration=calibration.to_dict(report))
+
+    def _echo(self, request: Content, wait) -> Content:
+        """A bare round trip: no model, a reply of the requested size (the benchmark's reference)."""
+        return Content(echo=bytes(request.meta.reply_bytes))
+
+    def _step(self, request: Content, wait) -> Content:
+        self.receive(request)
+        self._fault(request.meta, wait)
+        acts, labels = self.role.forward()
+        return Content(acts=acts.payloads, batch=Batch(acts.lengths, labels if self.cfg.labels == "server" else None))
+
+    def _logits(self, request: Content, wait) -> Content:
+        loss, dlogits = self.role.loss_and_logit_grad(request.logits)
+        return Content(loss=LossReply(loss, dlogits))
+
+    def _part(self, request: Content, wait) -> Content:
+        self.receive(request)
+        return Content(part=self.role.part_state())
+
+    def _evaluate(self, request: Content, wait) -> Content:
+        self.receive(request)
+        acts, batch = self.role.evaluate_forward(self.test)
+        if self.cfg.labels == "server":
+            return Content(acts=acts.payloads, batch=Batch(acts.lengths, batch["labels"], batch["qtype_index"]))
+        return Content(acts=acts.payloads, batch=Batch(acts.lengths))
+
+    def _score(self, request: Content, wait) -> Content:
+        """Labels at the client: the server's logits scored here against this shard's labels."""
+        test = self.test
+        return Content(score=Scores.of(request.logits.argmax(-1), test.labels, test.qtype_index, test.qtypes))
+
+    def _local(self, request: Content, wait) -> Content:
+        """FedAvg baseline: the whole model, trained here on the local partition."""
+        cfg, meta = self.cfg, request.meta
+        model = self.model(cfg, meta.base)
+        model.load_weights(request.part)
+        stage = Stage("local", cfg.modules, cfg.local_epochs, cfg.lr)
+        losses = train_stage(model, model, self.train, stage, meta.batch_size, cfg.seed + meta.round, progress=False)
+        return Content(part=model_weights(model), meta=LocalResult(len(self.train), float(losses[-1])))
+
+    def _evaluate_local(self, request: Content, wait) -> Content:
+        """FedAvg baseline: the global model on this node's test shard."""
+        model = self.model(self.cfg, request.meta.base)
+        model.load_weights(request.part)
+        model.eval()
+        test = self.test
+        with torch.no_grad():
+            batch = test.batch(torch.arange(len(test)))
+            predicted = model(batch["pixel_values"], batch["input_ids"], batch["lengths"]).argmax(-1)
+        return Content(score=Scores.of(predicted, batch["labels"], batch["qtype_index"], test.qtypes))
+
+    def _fault(self, meta: StepMeta, wait) -> None:
+        """The `fault` run-config hook: fail or stall at one step, to test the server's handling."""
+        spec = self.cfg.fault_spec
+        if spec and (spec[1], spec[2], spec[3]) == (self.partition, meta.round, meta.step):
+            if spec[0] == "raise":
+                raise RuntimeError(f"injected fault at partition {spec[1]}, round {spec[2]}, step {spec[3]}")
+            wait(self.cfg.step_timeout + 2)
+
+    _actions = {wire.INFO: _info, wire.CALIBRATE: _calibrate, wire.ECHO: _echo, wire.STEP: _step,
+                wire.LOGITS: _logits, wire.PART: _part, wire.EVAL: _evaluate, wire.SCORE: _score,
+                wire.LOCAL: _local, wire.EVAL_LOCAL: _evaluate_local}

@@ -1,0 +1,122 @@
+"""The strategies on the in-process transport: the ServerApp's code against the ClientApp's
+own handler, in this process, no Flower processes. Every strategy, labels at the client,
+a dropped and a stalled client, calibration, and one client equal to centralized training."""
+
+import math
+
+import pytest
+import torch
+
+from simulations.in_process import InProcessTransport, run_in_process
+from sltestbed import wire
+from sltestbed.experiment import ExperimentConfig
+from sltestbed.model import TinyLlava
+from sltestbed.splits import client_data
+from sltestbed.trainer import MODULE_GROUPS, Stage, evaluate, train_stage
+from strategies import STRATEGY_CLASSES
+
+# the tiny model, most of digits-VQA held out (180 training questions per client), no base model
+TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.95}
+
+
+def run(num_supernodes=2, **overrides):
+    return run_in_process({**TINY, **overrides}, num_supernodes)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """One run per strategy (2 clients, one round), shared by the tests below."""
+    return {name: run(strategy=name) for name in STRATEGY_CLASSES}
+
+
+def rows(report, **match):
+    return [r for r in report.ledger.rows if all(getattr(r, k) == v for k, v in match.items())]
+
+
+@pytest.mark.parametrize("name", list(STRATEGY_CLASSES))
+def test_every_strategy_trains_and_counts_its_messages(runs, name):
+    report, transport = runs[name]
+    assert report.cfg.strategy == name and [c.partition for c in report.clients] == [0, 1]
+    assert not report.failures and math.isfinite(report.rounds[0].loss)
+    assert 0.0 <= report.rounds[0].accuracy <= 1.0
+    kinds = {(r.direction, r.kind) for r in report.ledger.rows}
+    if name == "fedavg":
+        assert {("up", "model"), ("down", "model")} <= kinds and ("up", "activations") not in kinds
+    else:
+        assert {("up", "activations"), ("down", "gradients"), ("up", "labels")} <= kinds
+        # hand-off or averaging of client parts; parallel's clients never synchronise
+        assert ({("up", "model"), ("down", "model")} <= kinds) == (name != "parallel")
+    # the round's bytes are the ledger's: every row but discovery's (round 0) is the round's
+    assert report.rounds[0].bytes_up == sum(r.serialized_bytes for r in rows(report, direction="up") if r.round == 1)
+    assert report.round_trips == transport.round_trips == report.rounds[0].round_trips + 1  # + discovery
+
+
+def test_labels_at_the_client(runs):
+    report, _ = run(labels="client")
+    reference, _ = runs["parallel"]
+    up = {r.kind for r in rows(report, direction="up")}
+    assert "labels" not in up and {"activations", "loss", "gradients"} <= up  # loss and d loss / d logits
+    assert rows(report, direction="down", kind="logits")
+    # the same training as with the labels at the server, two round trips a step instead of one
+    assert report.rounds[0].loss == pytest.approx(reference.rounds[0].loss, abs=1e-5)
+    assert report.rounds[0].accuracy == pytest.approx(reference.rounds[0].accuracy, abs=1e-3)
+    steps = len({r.step for r in rows(reference, message_type=wire.STEP, direction="down")})
+    assert reference.rounds[0].round_trips == steps + 1  # + evaluation
+    assert report.rounds[0].round_trips == 2 * steps + 2  # + evaluation and its scoring
+
+
+def test_a_client_that_raises_is_dropped_for_that_step():
+    report, _ = run(fault="raise:1:1:2")
+    assert [(f.partition, f.round, f.step, f.message_type) for f in report.failures] == [(1, 1, 2, wire.STEP)]
+    assert "injected fault" in report.failures[0].reason and report.rounds[0].failures == 1
+    assert not rows(report, client=1, step=2, direction="up", kind="activations")
+    assert rows(report, client=0, step=2, direction="up", kind="activations")
+    assert math.isfinite(report.rounds[0].loss)
+
+
+def test_a_client_that_stalls_is_dropped_and_answers_late():
+    report, transport = run(fault="stall:1:1:1", **{"step-timeout": 4.0})
+    assert [(f.partition, f.step) for f in report.failures] == [(1, 1)]
+    assert report.failures[0].reason == "no reply within 4.0 s"
+    # its late reply was never counted or used; it was asked again at the next step
+    assert not rows(report, client=1, step=1, direction="up")
+    assert rows(report, client=1, step=2, direction="up", kind="activations")
+    assert not transport.outstanding and math.isfinite(report.rounds[0].accuracy)
+
+
+def test_calibration_chooses_the_widths_the_clients_then_use():
+    report, _ = run(bits="auto", **{"auto-batches": 2, "auto-max-rel-mse": 0.02})
+    chosen = report.calibration["bits"]
+    assert set(chosen) == {"image", "text"} and set(report.calibration["clients"]) == {"0", "1"}
+    for m, b in chosen.items():  # per modality the widest choice of any client
+        assert b == max(c[m]["bits"] for c in report.calibration["clients"].values())
+    assert report.cfg.widths == chosen
+    acts = rows(report, kind="activations", direction="up")
+    assert {r.bits for r in acts} == set(chosen.values())
+    assert {r.direction for r in rows(report, message_type=wire.CALIBRATE)} == {"up", "down"}
+
+
+def test_sequential_with_one_client_trains_like_the_centralized_trainer():
+    overrides = {"strategy": "sequential", "quantizer": "fp32", "train-modules": ",".join(MODULE_GROUPS),
+                 "save-model": True}
+    report, _ = run(num_supernodes=1, **overrides)
+    cfg = ExperimentConfig.from_run_config({**TINY, **overrides})
+    train, test = client_data(cfg, 0, 1)
+    torch.manual_seed(cfg.seed)
+    central = TinyLlava(report.model.config)
+    train_stage(central, central, train, Stage("full", MODULE_GROUPS, 1, cfg.lr), cfg.batch_size, cfg.seed,
+                progress=False)
+    assert max((a - b).abs().max().item() for a, b in zip(central.parameters(), report.model.parameters())) <= 1e-4
+    assert report.rounds[0].accuracy == pytest.approx(evaluate(central, test)["accuracy"], abs=1e-9)
+
+
+def test_a_node_restored_from_its_saved_state_trains_the_same(runs):
+    """Every message on a fresh actor: the role rebuilt from `context.state` each time."""
+    reference, _ = runs["parallel"]
+    transport = InProcessTransport({**TINY}, 2, restore_every=True)
+    from strategies import run_strategy
+
+    report = run_strategy(ExperimentConfig.from_run_config(TINY), transport, lambda m: None)
+    transport.stop()
+    assert report.rounds[0].loss == pytest.approx(reference.rounds[0].loss, abs=1e-6)
+    assert report.rounds[0].accuracy == reference.rounds[0].accuracy

@@ -1,0 +1,76 @@
+"""The house rules: imports that run one way."""
+
+import ast
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("sltestbed", "strategies", "simulations", "analysis")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """The modules a file imports (relative imports resolved), as written."""
+    here = _module(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            out.add(target)
+            out.update(f"{target}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    return {name: {m for m in _imports(path) if m in files and m != name} for name, path in files.items()}
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = _graph()
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not circles
+
+
+def test_the_library_is_flower_free_and_the_client_app_needs_no_strategy():
+    for path in (ROOT / "sltestbed").rglob("*.py"):
+        assert not any(m == "flwr" or m.startswith("flwr.") for m in _imports(path)), path
+    client_side = _imports(ROOT / "simulations" / "client_app.py")
+    assert not any(m.startswith("strategies") for m in client_side)
+    for path in (ROOT / "strategies").rglob("*.py"):  # strategies reach clients through a Transport
+        assert not any(m.startswith(("flwr", "simulations")) for m in _imports(path)), path
+    for path in (ROOT / "analysis").rglob("*.py"):  # tables and figures without torch
+        assert not any(m == "torch" or m.startswith("torch.") for m in _imports(path)), path
