@@ -24,6 +24,7 @@ from .model import TinyLlava, TinyLlavaConfig, preset
 from .trainer import TensorData, evaluate, stage_regime, train_stage
 
 BATCH_SIZE = 64  # the base model's training batch
+TRAINING_RECORD = "training.json"
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,24 @@ def ensure_base_model(base: str, spec: BaseSpec, cache_dir: str, data, vocab_siz
     model, result = train_centralized(spec, *data(), vocab_size, progress, log_fn)
     tmp = f"{directory}.tmp-{os.getpid()}"  # written aside, then renamed: readers never see half a model
     model.save_pretrained(tmp)
+    with open(os.path.join(tmp, TRAINING_RECORD), "w") as f:
+        json.dump({"spec": asdict(spec), **result}, f, indent=2)
     if os.path.exists(directory):  # another process got there first
         shutil.rmtree(tmp)
     else:
         os.replace(tmp, directory)
     log_fn(f"base model: held-out accuracy {result['accuracy']:.4f}")
     return directory
+
+
+def training_record(directory: str) -> dict:
+    """What a cached base model's training logged (spec, losses, held-out accuracy); {} if
+    the directory has none (a model made elsewhere)."""
+    path = os.path.join(directory, TRAINING_RECORD)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def build_model(cfg: ExperimentConfig, base: str | TinyLlava | None, vocab_size: int) -> TinyLlava:

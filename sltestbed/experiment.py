@@ -50,7 +50,7 @@ class ExperimentConfig:
     train_modules: str = "connector,quantizers,lm"
     distortion_weight: float = 0.25
     base: str = "auto"
-    base_epochs: int = 30
+    base_epochs: int = 60  # the base model's recipe: also `python -m sltestbed.train`'s centralized reference
     base_lr: float = 3e-3
     step_timeout: float = 120.0
     fault: str = ""  # testing hook: "raise:P:R:S" or "stall:P:R:S" (partition P, round R, step S)

@@ -5,11 +5,15 @@
     python -m sltestbed.train --quantizer learned uniform --bits 1 2 3 4 8 --reference fp32
                                                                 # accuracy-vs-bits table
 
-Without --quantizer it trains the unsplit model end to end (all modules, one stage) and
-reports its held-out accuracy: the reference. With --quantizer it starts from the base
-model (the centralized reference trained once and cached, standing in for a pretrained
-foundation model; --base none trains from scratch instead), cuts it (--cut), puts one
-quantizer per modality at the cut and fine-tunes it with the two-stage regime.
+Without --quantizer it reports the centralized reference: the unsplit model trained end to
+end (all modules, one stage, --base-epochs at --base-lr), which is also the base model that
+split fine-tuning starts from (trained once and cached, standing in for a pretrained
+foundation model; the Flower app uses the same one for the same config). With --quantizer
+it starts from that base model (--base none trains from scratch instead), cuts it (--cut),
+puts one quantizer per modality at the cut and fine-tunes it with the two-stage regime
+(--epochs at --lr).
+
+Every default is the Flower app's (`sltestbed.experiment.ExperimentConfig`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 
 import torch
 
-from .base_model import BaseSpec, ensure_base_model, train_centralized
+from .base_model import BATCH_SIZE as BASE_BATCH_SIZE
+from .base_model import BaseSpec, ensure_base_model, training_record
 from .data import majority_baseline
-from .experiment import CACHE_DIR
+from .experiment import LABELS, ExperimentConfig
 from .model import SplitTinyLlava, TinyLlava
 from .model.config import PRESETS
 from .quantizers import SCHEMES, implied_bits
@@ -38,8 +42,8 @@ def log(message: str) -> None:
 
 
 def base_spec(args) -> BaseSpec:
-    return BaseSpec(args.dataset, args.preset, args.image_size, args.seed, args.base_epochs, args.lr, args.batch_size,
-                    args.test_fraction, tuple(sorted(args.dataset_options.items())))
+    return BaseSpec(args.dataset, args.preset, args.image_size, args.seed, args.base_epochs, args.base_lr,
+                    BASE_BATCH_SIZE, args.test_fraction, tuple(sorted(args.dataset_options.items())))
 
 
 def train_split(args, quantizer: str, bits: int | None, base_dir: str | None, train_data, test_data, vocab_size) -> dict:
@@ -56,45 +60,52 @@ def train_split(args, quantizer: str, bits: int | None, base_dir: str | None, tr
 
 
 def parse_args(argv=None):
+    d = ExperimentConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="digits-vqa", help="digits-vqa, shapes-vqa or hf:<path>")
+    p.add_argument("--dataset", default=d.dataset, help="digits-vqa, shapes-vqa or hf:<path>")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the data set, e.g. num_images=8000 for shapes-vqa (repeatable)")
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     p.add_argument("--image-size", type=int, help="override the preset's image size (a multiple of its patch size)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: --base-epochs centralized, 10 split)")
-    p.add_argument("--base-epochs", type=int, default=60, help="epochs of the cached base model (and of the centralized reference)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--base-epochs", type=int, default=d.base_epochs,
+                   help="epochs of the base model, i.e. of the centralized reference")
+    p.add_argument("--base-lr", type=float, default=d.base_lr, help="learning rate of the base model")
+    p.add_argument("--epochs", type=int, default=10, help="split fine-tuning epochs (with --quantizer)")
+    p.add_argument("--lr", type=float, default=d.lr, help="split fine-tuning learning rate (stage 1; stage 2 a quarter)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="split fine-tuning batch size")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--quantizer", nargs="+", choices=SCHEMES, help="split training with these quantizers")
     p.add_argument("--bits", nargs="+", type=int, help="bit widths (each quantizer x each width)")
     p.add_argument("--reference", nargs="*", default=[], choices=SCHEMES,
                    help="extra rows at their implied width, e.g. fp32 fp16")
-    p.add_argument("--cut", default="connector", help="'connector' or 'lm:k'")
-    p.add_argument("--labels", default="server", choices=("server", "client"))
+    p.add_argument("--cut", default=d.cut, help="'connector' or 'lm:k'")
+    p.add_argument("--labels", default=d.labels, choices=LABELS)
     p.add_argument("--stages", default="two-stage", choices=("full", "two-stage"))
-    p.add_argument("--distortion-weight", type=float, default=0.25)
-    p.add_argument("--base", default="auto", help="'auto' (cached centralized reference), a model directory, or 'none'")
-    p.add_argument("--cache-dir", default=os.environ.get("SLTESTBED_CACHE", CACHE_DIR))
+    p.add_argument("--distortion-weight", type=float, default=d.distortion_weight)
+    p.add_argument("--base", default=d.base, help="'auto' (cached centralized reference), a model directory, or 'none'")
+    p.add_argument("--cache-dir", default=os.environ.get("SLTESTBED_CACHE", d.cache_dir))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", dest="json_path")
     p.add_argument("--save", help="save the trained model (single run) to this directory")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    for name in ("base_epochs", "batch_size"):
+    for name in ("base_epochs", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.epochs is not None and args.epochs < 1:
-        p.error("--epochs must be >= 1")
     if not 0 < args.test_fraction < 1:
         p.error("--test-fraction must be in (0, 1)")
-    if not args.lr > 0:
-        p.error("--lr must be > 0")
+    for name in ("lr", "base_lr"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0")
     if args.bits and not args.quantizer:
         p.error("--bits needs --quantizer")
+    if not (args.quantizer or args.reference):
+        explicit = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}
+        if explicit & {"--epochs", "--lr"}:
+            p.error("--epochs and --lr set the split fine-tuning; the centralized reference is the base model: "
+                    "use --base-epochs and --base-lr")
     if args.reference and not args.quantizer:
         args.quantizer = []
     runs = [(q, b) for q in (args.quantizer or []) for b in (args.bits or [None])]
@@ -108,8 +119,6 @@ def parse_args(argv=None):
                                 for k, v in (item.split("=", 1) for item in args.dataset_option)}
     except ValueError:
         p.error("--dataset-option takes KEY=VALUE")
-    if args.epochs is None:
-        args.epochs = 10 if args.runs else args.base_epochs
     return args
 
 
@@ -126,15 +135,17 @@ def main(argv=None) -> dict:
     baseline = majority_baseline(test)
     log(f"{args.dataset}: {len(train_data)} training and {len(test_data)} held-out questions, vocabulary {vocab}")
 
-    if not args.runs:
-        model, result = train_centralized(replace(base_spec(args), epochs=args.epochs), train_data, test_data, vocab,
-                                          not args.quiet)
+    data = lambda: (train_data, test_data)  # noqa: E731
+    if not args.runs:  # the centralized reference: the base model, trained now unless cached
+        base_dir = ensure_base_model("auto", base_spec(args), args.cache_dir, data, vocab, not args.quiet, log_fn=log)
+        model = TinyLlava.from_pretrained(base_dir)
         if args.save:
             model.save_pretrained(args.save)
-        runs = [{"mode": "centralized", "quantizer": None, "bits": 32, **result}]
+        runs = [{"mode": "centralized", "quantizer": None, "bits": 32, "model": base_dir,
+                 "losses": training_record(base_dir).get("losses"), **evaluate(model, test_data)}]
     else:
-        base_dir = ensure_base_model(args.base, base_spec(args), args.cache_dir, lambda: (train_data, test_data), vocab,
-                                     not args.quiet, log_fn=log)
+        base_dir = ensure_base_model(args.base, base_spec(args), args.cache_dir, data, vocab, not args.quiet,
+                                     log_fn=log)
         runs = []
         for quantizer, bits in args.runs:
             t0 = time.perf_counter()
@@ -147,7 +158,8 @@ def main(argv=None) -> dict:
     print_table(runs, baseline)
     summary = {"accuracy": runs[0]["accuracy"], "accuracy_by_type": runs[0]["accuracy_by_type"], "seconds": seconds,
                "majority_baseline": baseline, "runs": runs, "dataset": args.dataset, "preset": args.preset,
-               "seed": args.seed, "epochs": args.epochs, "torch": torch.__version__}
+               "seed": args.seed, "base_epochs": args.base_epochs, "epochs": args.epochs if args.runs else None,
+               "torch": torch.__version__}
     print(f"wall time {seconds:.1f} s")
     if args.json_path:
         with open(args.json_path, "w") as f:

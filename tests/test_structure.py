@@ -1,11 +1,35 @@
-"""The house rules: imports that run one way."""
+"""The house rules: one source of defaults, imports that run one way."""
 
 import ast
+import tomllib
+from dataclasses import fields
 from pathlib import Path
 
+from sltestbed import train
+from sltestbed.base_model import BaseSpec
+from sltestbed.experiment import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("sltestbed", "strategies", "simulations", "analysis")
+
+
+def test_the_flower_run_config_is_the_experiment_configs_defaults():
+    app_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = ExperimentConfig().to_dict()
+    assert list(app_config) == list(defaults)  # key for key, in the same order
+    for key, value in defaults.items():
+        assert app_config[key] == value and type(app_config[key]) is type(value), key
+
+
+def test_the_train_command_takes_its_defaults_from_the_experiment_config():
+    args = train.parse_args([])
+    cfg = ExperimentConfig()
+    for name in ("dataset", "preset", "batch_size", "seed", "test_fraction", "cut", "labels", "distortion_weight",
+                 "base", "base_epochs", "base_lr", "lr"):
+        assert getattr(args, name) == getattr(cfg, name), name
+    assert args.cache_dir == cfg.cache_dir
+    # so the centralized reference is the Flower app's base model for the same seed
+    assert train.base_spec(args) == BaseSpec.of(cfg)
 
 
 def _module(path: Path) -> str:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,20 +11,26 @@ from sltestbed.trainer import Stage, set_trainable, stage_regime
 TINY = ["--preset", "tiny", "--quiet", "--batch-size", "128"]
 
 
-def test_centralized_reference_writes_its_json(tmp_path):
+def test_centralized_reference_is_the_cached_base_model(tmp_path, capsys):
     out = tmp_path / "r.json"
-    summary = train.main(TINY + ["--epochs", "2", "--json", str(out)])
+    args = TINY + ["--base-epochs", "2", "--cache-dir", str(tmp_path / "cache")]
+    summary = train.main(args + ["--json", str(out)])
     data = json.loads(out.read_text())
     assert data["accuracy"] == summary["accuracy"]
     assert 0 <= data["accuracy"] <= 1 and data["seconds"] > 0
     assert set(data["accuracy_by_type"]) == {"digit", "parity", "greater", "less"}
-    assert data["runs"][0]["mode"] == "centralized"
-    assert data["runs"][0]["losses"][1] < data["runs"][0]["losses"][0]
+    run = data["runs"][0]
+    assert run["mode"] == "centralized" and run["losses"][1] < run["losses"][0]
+    assert [p.parent for p in (tmp_path / "cache").glob("base-*/model.safetensors")] == [Path(run["model"])]
+    capsys.readouterr()
+    again = train.main(args)  # the second time it is read from the cache, not trained again
+    assert "cached" in capsys.readouterr().err and again["runs"][0]["losses"] == run["losses"]
+    assert again["accuracy"] == summary["accuracy"]
 
 
-def test_same_seed_same_result():
-    a = train.main(TINY + ["--epochs", "1", "--seed", "3"])
-    b = train.main(TINY + ["--epochs", "1", "--seed", "3"])
+def test_same_seed_same_result(tmp_path):
+    a = train.main(TINY + ["--base-epochs", "1", "--seed", "3", "--cache-dir", str(tmp_path / "a")])
+    b = train.main(TINY + ["--base-epochs", "1", "--seed", "3", "--cache-dir", str(tmp_path / "b")])
     assert a["runs"][0]["losses"] == b["runs"][0]["losses"] and a["accuracy"] == b["accuracy"]
 
 
@@ -58,6 +65,8 @@ def test_two_stage_regime_freezes_the_language_model_first():
     (["--quantizer", "fp16", "--bits", "8"], "16 bits"),
     (["--quantizer", "nf", "--bits", "1"], "out of range"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--epochs", "3"], "use --base-epochs"),
+    (["--base-lr", "0"], "--base-lr must be > 0"),
     (["--test-fraction", "1.5"], "--test-fraction"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
