@@ -1,8 +1,10 @@
-"""python -m analysis RUNS_DIR [RUNS_DIR ...] --out DIR [--network 4g wifi ethernet NAME=UP,DOWN,RTT]
+"""python -m analysis RUNS_DIR [RUNS_DIR ...] --out DIR [--network 4g wifi ethernet NAME=UP,DOWN,RTT] [--note TEXT]
 
 Writes comm_table.{csv,md,tex}, network_time.{csv,md}, accuracy_vs_bits.{png,pdf},
 accuracy_vs_bytes.{png,pdf} and, when a run chose its bits by calibration, entropy.{png,pdf};
-prints the tables.
+prints the tables. Accuracies are means over seeds with 95% Student t intervals; comparisons
+with fp32 are paired by seed (see analysis/stats.py). `--note` (for instance the machine the
+runs were measured on) is added to the figures' titles and the tables' captions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--network", nargs="+", default=list(network.PRESETS),
                         help="links for the time model: presets (" + ", ".join(network.PRESETS)
                              + ") or NAME=UP,DOWN,RTT in Mbit/s, Mbit/s, ms")
+    parser.add_argument("--note", default="",
+                        help="a line for the figures' titles and the tables' captions, e.g. the machine")
     args = parser.parse_args(argv)
     try:
         links = [network.parse_link(text) for text in args.network]
@@ -31,19 +35,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     print(f"{len(runs)} runs from {', '.join(args.runs)}", flush=True)
-    table = comm_table.comm_table(runs)
-    written = comm_table.write_table(table, out, caption="Bytes across the cut per setting (means over seeds)")
-    times = network.network_table(runs, links)
+    note = args.note.strip().rstrip(".")
+    try:
+        table = comm_table.comm_table(runs)
+        times = network.network_table(runs, links)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    caption = comm_table.CAPTION + (f" {note}." if note else "")
+    written = comm_table.write_table(table, out, caption=caption)
     times.to_csv(out / "network_time.csv", index=False)
     shown_times = network.shown(times, links)
-    (out / "network_time.md").write_text("Links: " + "; ".join(link.describe() for link in links) + "\n\n"
+    (out / "network_time.md").write_text("Links: " + "; ".join(link.describe() for link in links)
+                                         + (f". {note}." if note else "") + "\n\n"
                                          + shown_times.to_markdown(index=False, disable_numparse=True) + "\n")
     written += [out / "network_time.csv", out / "network_time.md"]
-    written += plots.accuracy_vs_bits(table, comm_table.paired_deltas(comm_table.per_run(runs)), runs, out)
-    written += plots.accuracy_vs_bytes(runs, out)
+    written += plots.accuracy_vs_bits(table, comm_table.paired_deltas(comm_table.per_run(runs)), runs, out, note)
+    written += plots.accuracy_vs_bytes(runs, out, note)
     auto = [r for r in runs if r.calibration]
     if auto:
-        written += plots.entropy_figure(sorted(auto, key=lambda r: r.seed)[0], out)
+        written += plots.entropy_figure(sorted(auto, key=lambda r: r.seed)[0], out, note)
+    print(caption)
     print(comm_table.shown(table).to_markdown(index=False, disable_numparse=True))
     print()
     print("Communication time per round: " + "; ".join(link.describe() for link in links))

@@ -15,9 +15,20 @@ Per run, from its ledger (every payload that crossed the link, all message kinds
   against fp32. `reduction_vs_fedavg` = 1 - (up + down message bytes) / FedAvg's on the same
   task (needs a FedAvg row). `effective_bits` = act_up_ideal_bytes * 8 / act_up_elements.
 
-Rows are settings (strategy, quantizer, bits, entropy coding): figures are means over the
-seeds of a setting (`seeds` counts them), `accuracy_std` the spread (population std), and
-`accuracy_vs_fp32` the mean paired difference to the fp32 run of the same strategy and seed.
+Rows are settings (strategy, quantizer, bits, entropy coding, and `settings`: the other
+config keys in which the analysed runs differ, empty when they share them): figures are means
+over the seeds of a setting (`seeds` counts them). Accuracy, over the seeds' final accuracies:
+
+- `accuracy` the mean, `accuracy_ci95_low` / `_high` / `_half_width` its 95% Student t
+  interval (mean ± t_{0.975, n-1} s / sqrt(n), s the sample std), `accuracy_std` = s.
+- `accuracy_vs_fp32`: the mean PAIRED difference, each seed's run minus the fp32 run of the
+  same seed, strategy and settings (only quantizer, bits, entropy coding differ), with
+  `accuracy_vs_fp32_ci95_low` / `_high` / `_half_width` the paired t interval over the
+  per-seed differences, `accuracy_vs_fp32_pairs` the seeds that have an fp32 twin, and
+  `accuracy_vs_fp32_ci95_excludes_zero` True / False (empty where there is no interval).
+
+An interval needs two seeds: with one its bounds are NaN (empty in the CSV, "n/a" in the
+shown tables), never 0. See `analysis.stats`. All accuracies are fractions (not percent).
 """
 
 from __future__ import annotations
@@ -28,15 +39,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runs import Run, group_sort_key
+from .runs import Run, check_unique_seeds, group_sort_key, label_settings
+from .stats import t_interval
 
 DIRECTIONS = ("up", "down")
 LEVELS = ("ideal", "serialized", "message")
 
-# the columns the markdown / LaTeX tables show (the CSV has every column)
+# the columns the markdown / LaTeX tables show (the CSV has every column); `settings` only
+# when the runs differ in one
 SHOWN = {
-    "strategy": "strategy", "quantizer": "quantizer", "bits": "bits", "entropy_coding": "entropy coding",
-    "seeds": "seeds", "accuracy": "accuracy (± std)", "accuracy_vs_fp32": "Δ acc. vs fp32 (same seed)",
+    "strategy": "strategy", "settings": "settings", "quantizer": "quantizer", "bits": "bits",
+    "entropy_coding": "entropy coding", "seeds": "seeds",
+    "accuracy": "accuracy: mean ± 95% CI",
+    "accuracy_vs_fp32": "Δ acc. vs fp32 (paired by seed): mean ± 95% CI",
+    "accuracy_vs_fp32_ci95_excludes_zero": "Δ CI excludes 0",
     "effective_bits": "bits / element",
     "act_up_ideal_bytes_per_sample": "act. up B/sample (ideal)",
     "up_ideal_bytes": "up ideal MB", "up_serialized_bytes": "up serialized MB",
@@ -46,6 +62,11 @@ SHOWN = {
 }
 MEGABYTE_COLUMNS = ("up_ideal_bytes", "up_serialized_bytes", "down_ideal_bytes", "down_serialized_bytes")
 PERCENT_COLUMNS = ("reduction_vs_fp16", "reduction_vs_fp16_serialized", "reduction_vs_fp32")
+CAPTION = ("Bytes across the cut per setting (means over seeds). Accuracy: mean of the seeds' final accuracies "
+           "± the half-width of its 95% Student t interval over seeds. Δ acc. vs fp32: mean paired difference "
+           "(each seed's run minus the fp32 run of the same seed, strategy and settings), in percentage points, "
+           "± the half-width of the 95% t interval over the per-seed differences; n/a: fewer than 2 seeds.")
+NOT_AVAILABLE = "n/a"
 
 
 def run_figures(run: Run) -> dict:
@@ -72,37 +93,57 @@ def run_figures(run: Run) -> dict:
 
 
 def per_run(runs: list[Run]) -> pd.DataFrame:
-    return pd.DataFrame([run_figures(r) for r in runs])
+    """One row per run (run_figures), with its `settings` label (see `runs`)."""
+    label_settings(runs)
+    check_unique_seeds(runs)
+    return pd.DataFrame([{**run_figures(r), "settings": r.settings} for r in runs])
 
 
 def paired_deltas(frame: pd.DataFrame) -> pd.DataFrame:
-    """`accuracy_vs_fp32`: each run's accuracy minus that of the fp32 run of the same strategy
-    and seed (NaN where there is none). Seeds change the base model and the data split, so
-    this paired difference shows the cost of the bits more plainly than the spread of means."""
-    ref = frame[(frame.quantizer == "fp32") & ~frame.entropy_coding & (frame.strategy != "fedavg")]
-    ref = ref.set_index(["strategy", "seed"]).accuracy
-    keys = list(zip(frame.strategy, frame.seed))
+    """`accuracy_vs_fp32`: each run's accuracy minus that of the fp32 run (no entropy coding)
+    of the same strategy, settings and seed; NaN where there is none. Seeds change the base
+    model and the data split, so this paired difference shows the cost of the bits more
+    plainly than the spread of means."""
     frame = frame.copy()
-    frame["accuracy_vs_fp32"] = [a - ref[k] if k in ref.index else np.nan for a, k in zip(frame.accuracy, keys)]
+    if "settings" not in frame:
+        frame["settings"] = ""
+    ref = frame[(frame.quantizer == "fp32") & ~frame.entropy_coding.astype(bool) & (frame.strategy != "fedavg")]
+    ref_keys = list(zip(ref.strategy, ref.settings, ref.seed))
+    if len(set(ref_keys)) < len(ref_keys):
+        raise ValueError("more than one fp32 run with the same strategy, settings and seed: "
+                         + ", ".join(map(str, sorted(k for k in set(ref_keys) if ref_keys.count(k) > 1))))
+    accuracy_of = dict(zip(ref_keys, ref.accuracy))
+    keys = zip(frame.strategy, frame.settings, frame.seed)
+    frame["accuracy_vs_fp32"] = [a - accuracy_of[k] if k in accuracy_of else np.nan
+                                 for a, k in zip(frame.accuracy, keys)]
     return frame
 
 
 def comm_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per setting, means over its seeds, with the reductions (see module doc)."""
+    """One row per setting, means over its seeds, the intervals and the reductions (module doc)."""
     if not runs:
         raise ValueError("no runs to tabulate")
     frame = paired_deltas(per_run(runs))
-    keys = ["strategy", "quantizer", "bits", "entropy_coding"]
+    keys = ["strategy", "quantizer", "bits", "entropy_coding", "settings"]
     numeric = [c for c in frame.columns if c not in keys + ["seed", "run"]]
     frame["bits_key"] = frame.bits.astype(str)  # ints and "auto" in one column
     rows = []
-    for _, g in frame.groupby(["strategy", "quantizer", "bits_key", "entropy_coding"], sort=False):
+    for _, g in frame.groupby(["strategy", "quantizer", "bits_key", "entropy_coding", "settings"], sort=False):
         row = {k: g[k].iloc[0] for k in keys}
         row["seeds"] = len(g)
         row.update({c: float(g[c].mean()) for c in numeric})
-        row["accuracy_std"] = float(g.accuracy.std(ddof=0))
+        accuracy = t_interval(g.accuracy)
+        row.update({"accuracy": accuracy.mean, "accuracy_ci95_low": accuracy.low,
+                    "accuracy_ci95_high": accuracy.high, "accuracy_ci95_half_width": accuracy.half_width,
+                    "accuracy_std": float(g.accuracy.std(ddof=1)) if len(g) > 1 else math.nan})
+        paired = t_interval(g.accuracy_vs_fp32)
+        row.update({"accuracy_vs_fp32": paired.mean, "accuracy_vs_fp32_ci95_low": paired.low,
+                    "accuracy_vs_fp32_ci95_high": paired.high, "accuracy_vs_fp32_ci95_half_width": paired.half_width,
+                    "accuracy_vs_fp32_pairs": paired.n,
+                    "accuracy_vs_fp32_ci95_excludes_zero": paired.excludes_zero})
         rows.append(row)
     table = pd.DataFrame(rows)
+    table["accuracy_vs_fp32_ci95_excludes_zero"] = table["accuracy_vs_fp32_ci95_excludes_zero"].astype(object)
     table = table.iloc[sorted(range(len(table)), key=lambda i: group_sort_key(tuple(table.loc[i, keys])))]
     table = table.reset_index(drop=True)
     for col in ("reduction_vs_fp16", "reduction_vs_fp16_serialized", "reduction_vs_fp32", "reduction_vs_fedavg"):
@@ -110,36 +151,57 @@ def comm_table(runs: list[Run]) -> pd.DataFrame:
     for i, row in table.iterrows():
         if row.strategy == "fedavg":
             continue
-        same = table[(table.strategy == row.strategy) & ~table.entropy_coding]
+        same = table[(table.strategy == row.strategy) & (table.settings == row.settings) & ~table.entropy_coding]
         for ref, width in (("fp16", 16), ("fp32", 32)):
             match = same[same.quantizer == ref]
             ideal = match.act_up_ideal_bytes.iloc[0] if len(match) else row.act_up_elements * width / 8
-            table.loc[i, f"reduction_vs_{ref}"] = 1 - row.act_up_ideal_bytes / ideal
+            table.loc[i, f"reduction_vs_{ref}"] = 1 - row.act_up_ideal_bytes / ideal if ideal else math.nan
             if ref == "fp16" and len(match):
                 table.loc[i, "reduction_vs_fp16_serialized"] = \
                     1 - row.act_up_serialized_bytes / match.act_up_serialized_bytes.iloc[0]
-        fedavg = table[table.strategy == "fedavg"]
+        fedavg = table[(table.strategy == "fedavg") & (table.settings == row.settings)]
         if len(fedavg):
             ref_bytes = fedavg.up_message_bytes.iloc[0] + fedavg.down_message_bytes.iloc[0]
             table.loc[i, "reduction_vs_fedavg"] = 1 - (row.up_message_bytes + row.down_message_bytes) / ref_bytes
-    front = ["strategy", "quantizer", "bits", "entropy_coding", "seeds", "accuracy", "accuracy_std", "accuracy_vs_fp32",
-             "effective_bits"]
+    front = ["strategy", "quantizer", "bits", "entropy_coding", "settings", "seeds", "accuracy", "accuracy_ci95_low",
+             "accuracy_ci95_high", "accuracy_ci95_half_width", "accuracy_std", "accuracy_vs_fp32",
+             "accuracy_vs_fp32_ci95_low", "accuracy_vs_fp32_ci95_high", "accuracy_vs_fp32_ci95_half_width",
+             "accuracy_vs_fp32_pairs", "accuracy_vs_fp32_ci95_excludes_zero", "effective_bits"]
     return table[front + [c for c in table.columns if c not in front]]
+
+
+def _nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _plus_minus(mean: float, half: float, digits: int, scale: float = 1.0, unit: str = "", sign: str = "") -> str:
+    """'0.8190 ± 0.6480', '-3.10 ± 1.27 pt'; the half-width 'n/a' where there is no interval."""
+    if _nan(mean):
+        return ""
+    m = round(scale * mean, digits) + 0.0  # no "-0.00"
+    h = NOT_AVAILABLE if _nan(half) else f"{scale * half:.{digits}f}"
+    return f"{m:{sign}.{digits}f} ± {h}{unit}"
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:
     """The columns the markdown / LaTeX tables show, formatted as text."""
     out = pd.DataFrame()
     for col, title in SHOWN.items():
+        if col == "settings" and not (table.get("settings", pd.Series(dtype=str)).astype(str) != "").any():
+            continue
         values = table[col]
         if col in MEGABYTE_COLUMNS:
             out[title] = [f"{v / 1e6:,.2f}" for v in values]
         elif col in PERCENT_COLUMNS:
             out[title] = ["" if np.isnan(v) else f"{100 * v:.2f}%" for v in values]
         elif col == "accuracy":
-            out[title] = [f"{v:.4f} ± {s:.4f}" for v, s in zip(values, table.accuracy_std)]
+            out[title] = [_plus_minus(v, h, 4) for v, h in zip(values, table.accuracy_ci95_half_width)]
         elif col == "accuracy_vs_fp32":
-            out[title] = ["" if np.isnan(v) else f"{round(100 * v, 2) + 0.0:+.2f} pt" for v in values]
+            out[title] = [_plus_minus(v, h, 2, 100, " pt", "+")
+                          for v, h in zip(values, table.accuracy_vs_fp32_ci95_half_width)]
+        elif col == "accuracy_vs_fp32_ci95_excludes_zero":
+            out[title] = ["" if _nan(m) else NOT_AVAILABLE if _nan(v) else "yes" if v else "no"
+                          for v, m in zip(values, table.accuracy_vs_fp32)]
         elif col == "effective_bits":
             out[title] = ["" if np.isnan(v) else f"{v:.2f}" for v in values]
         elif col == "reduction_vs_fedavg":  # split learning can send more than FedAvg: a ratio reads better
@@ -154,13 +216,17 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "comm_table", caption: str = "") -> list[Path]:
-    """`<stem>.csv` (every column, full precision), `.md` and `.tex` (the shown columns)."""
+    """`<stem>.csv` (every column, full precision), `.md` and `.tex` (the shown columns, under
+    the caption)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
     table.to_csv(paths[0], index=False)
     text = shown(table)
-    paths[1].write_text(text.to_markdown(index=False, disable_numparse=True) + "\n")
+    paths[1].write_text((caption + "\n\n" if caption else "") + text.to_markdown(index=False, disable_numparse=True)
+                        + "\n")
     latex = text.to_latex(index=False, caption=caption or None, label=f"tab:{stem}", escape=True)
-    paths[2].write_text(latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$"))  # for pdflatex too
+    for plain, tex in (("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("≠", r"$\neq$")):  # for pdflatex too
+        latex = latex.replace(plain, tex)
+    paths[2].write_text(latex)
     return paths

@@ -1,5 +1,8 @@
 """The figures: accuracy against bits, accuracy against bytes sent, and the entropy figure.
-Each is written as PNG (150 dpi) and PDF."""
+Each is written as PNG (150 dpi) and PDF. Error bars are 95% Student t intervals over seeds
+(`analysis.stats`): of the mean accuracy, and of the mean paired difference to fp32; a setting
+with one seed has no bar. `note` (for instance the machine the runs were measured on) is added
+to each figure's title."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .runs import Run, group_sort_key  # noqa: E402
+from .runs import Run, group_sort_key, label_settings  # noqa: E402
+from .stats import t_interval  # noqa: E402
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9})
 REFERENCES = ("fp32", "fp16", "bf16")
@@ -29,73 +33,104 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _label(strategy: str, quantizer: str, bits, entropy: bool, many_strategies: bool) -> str:
+def _label(strategy: str, quantizer: str, bits, entropy: bool, many_strategies: bool, settings: str = "") -> str:
     """'learned 2 b + entropy coding', 'fp16', 'learned' (bits None: a curve over bits)."""
     text = quantizer if bits is None or quantizer in REFERENCES else f"{quantizer} {bits} b"
     if entropy:
         text += " + entropy coding"
+    if settings:
+        text += f" ({settings})"
     return f"{strategy}: {text}" if many_strategies else text
 
 
 def _task(runs: list[Run]) -> str:
     datasets = sorted({r.config["dataset"] for r in runs})
     rounds = sorted({int(r.config["num-rounds"]) for r in runs})
-    return f"{', '.join(datasets)}, after {'/'.join(map(str, rounds))} rounds"
+    seeds = sorted({r.seed for r in runs})
+    return (f"{', '.join(datasets)}, after {'/'.join(map(str, rounds))} rounds, "
+            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
 
 
-def accuracy_vs_bits(table: pd.DataFrame, per_run: pd.DataFrame, runs: list[Run], out_dir: Path) -> list[Path]:
-    """Left: mean accuracy against bits per quantizer (bars: min to max over seeds, dots: the
-    seeds), fp32 / fp16 and FedAvg as reference lines, bits="auto" as a star at its effective
-    width. Right: the paired difference to the fp32 run of the same seed."""
+def _title(text: str, note: str) -> str:
+    return f"{text}\n{note}" if note else text
+
+
+def _bars(mean, low, high) -> np.ndarray:
+    """yerr for errorbar from interval bounds; NaN (no interval) draws no bar."""
+    mean, low, high = (np.asarray(v, dtype=float) for v in (mean, low, high))
+    return np.vstack([mean - low, high - mean])
+
+
+def accuracy_vs_bits(table: pd.DataFrame, per_run: pd.DataFrame, runs: list[Run], out_dir: Path,
+                     note: str = "") -> list[Path]:
+    """Left: mean accuracy against bits per quantizer (bars: 95% t interval over seeds, dots:
+    the seeds), fp32 / fp16 and FedAvg as reference lines (their interval in the legend),
+    bits="auto" as a star at its effective width. Right: the mean paired difference to the fp32 run of the same
+    seed, with its 95% t interval over the per-seed differences."""
     paired = bool(per_run.accuracy_vs_fp32.notna().any())  # the right panel needs fp32 runs
     if paired:
-        fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+        fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(13, 5.6), gridspec_kw={"width_ratios": [1.25, 1]})
     else:
-        fig, ax = plt.subplots(figsize=(7.5, 5.2))
+        fig, ax = plt.subplots(figsize=(7.5, 5.6))
         ax_d = _Nowhere()
-    strategies = sorted(set(table.strategy) - {"fedavg"})
-    many = len(strategies) > 1
+    if "settings" not in table:
+        table = table.assign(settings="")
+    if "settings" not in per_run:
+        per_run = per_run.assign(settings="")
+    split = table[table.strategy != "fedavg"]
+    many = split.strategy.nunique() > 1
     per_run = per_run.assign(bits_key=per_run.bits.astype(str))
-    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
-    markers = iter("osD^v<>p")
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
+    markers = iter("osD^v<>p" * 4)
     xs_all = set()
-    for strategy in strategies:
-        for (quantizer, entropy), g in table[table.strategy == strategy].groupby(["quantizer", "entropy_coding"],
-                                                                                 sort=False):
-            if quantizer in REFERENCES:
-                continue
-            colour = next(colours)
-            runs_of = per_run[(per_run.strategy == strategy) & (per_run.quantizer == quantizer)
-                              & (per_run.entropy_coding == entropy)]
-            fixed = g[g.bits != "auto"]
-            if len(fixed):
-                xs = fixed.bits.astype(int).to_numpy()
-                lo, hi = _spread(runs_of, fixed.bits)
-                label = _label(strategy, quantizer, None, entropy, many)
-                marker = next(markers)
-                ax.errorbar(xs, fixed.accuracy, yerr=[fixed.accuracy - lo, hi - fixed.accuracy], marker=marker,
-                            capsize=3, color=colour, label=label)
-                ax_d.plot(xs, 100 * fixed.accuracy_vs_fp32, marker=marker, color=colour, label=label)
-                seeds = runs_of[runs_of.bits_key != "auto"]
-                ax.scatter(seeds.bits.astype(int), seeds.accuracy, s=12, color=colour, alpha=0.45)
-                ax_d.scatter(seeds.bits.astype(int), 100 * seeds.accuracy_vs_fp32, s=12, color=colour, alpha=0.45)
-                xs_all.update(xs)
-            for _, row in g[g.bits == "auto"].iterrows():
-                lo, hi = _spread(runs_of, ["auto"])
-                label = f"{_label(strategy, quantizer, None, entropy, many)}, bits=auto ({row.effective_bits:.2f} bits/element)"
-                ax.errorbar([row.effective_bits], [row.accuracy], yerr=[[row.accuracy - lo[0]], [hi[0] - row.accuracy]],
-                            marker="*", markersize=14, capsize=3, linestyle="none", color=colour, label=label)
-                ax_d.plot([row.effective_bits], [100 * row.accuracy_vs_fp32], marker="*", markersize=14,
-                          linestyle="none", color=colour, label=label)
-    styles = iter(["--", ":", "-."])
+    curves = [(key, g) for key, g in split.groupby(["strategy", "settings", "quantizer", "entropy_coding"], sort=False)
+              if key[2] not in REFERENCES]
+    for k, ((strategy, settings, quantizer, entropy), g) in enumerate(curves):
+        # curves side by side around each width (log2 scale), so that their bars do not hide each other
+        dodge = 2.0 ** (0.04 * (k - (len(curves) - 1) / 2))
+        colour = next(colours)
+        runs_of = per_run[(per_run.strategy == strategy) & (per_run.settings == settings)
+                          & (per_run.quantizer == quantizer) & (per_run.entropy_coding == entropy)]
+        label = _label(strategy, quantizer, None, entropy, many, settings)
+        fixed = g[g.bits.astype(str) != "auto"]
+        if len(fixed):
+            xs = fixed.bits.astype(int).to_numpy()
+            marker = next(markers)
+            xs_all.update(xs)
+            xs = xs * dodge
+            ax.errorbar(xs, fixed.accuracy, yerr=_bars(fixed.accuracy, fixed.accuracy_ci95_low,
+                                                       fixed.accuracy_ci95_high),
+                        marker=marker, capsize=3, color=colour, label=label)
+            ax_d.errorbar(xs, 100 * fixed.accuracy_vs_fp32,
+                          yerr=100 * _bars(fixed.accuracy_vs_fp32, fixed.accuracy_vs_fp32_ci95_low,
+                                           fixed.accuracy_vs_fp32_ci95_high),
+                          marker=marker, capsize=3, color=colour, label=label)
+            seeds = runs_of[runs_of.bits_key != "auto"]
+            ax.scatter(seeds.bits.astype(int) * dodge, seeds.accuracy, s=12, color=colour, alpha=0.45)
+            ax_d.scatter(seeds.bits.astype(int) * dodge, 100 * seeds.accuracy_vs_fp32, s=12, color=colour, alpha=0.45)
+        for _, row in g[g.bits.astype(str) == "auto"].iterrows():
+            auto_label = f"{label}, bits=auto ({row.effective_bits:.2f} bits/element)"
+            ax.errorbar([row.effective_bits], [row.accuracy],
+                        yerr=_bars([row.accuracy], [row.accuracy_ci95_low], [row.accuracy_ci95_high]),
+                        marker="*", markersize=14, capsize=3, linestyle="none", color=colour, label=auto_label)
+            ax_d.errorbar([row.effective_bits], [100 * row.accuracy_vs_fp32],
+                          yerr=100 * _bars([row.accuracy_vs_fp32], [row.accuracy_vs_fp32_ci95_low],
+                                           [row.accuracy_vs_fp32_ci95_high]),
+                          marker="*", markersize=14, capsize=3, linestyle="none", color=colour, label=auto_label)
+    styles = iter(["--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))] * 4)
     for _, row in table[table.quantizer.isin(REFERENCES) | (table.strategy == "fedavg")].iterrows():
-        name = "FedAvg (whole model)" if row.strategy == "fedavg" else _label(row.strategy, row.quantizer, row.bits,
-                                                                                row.entropy_coding, many)
-        ax.axhline(row.accuracy, linestyle=next(styles, "--"), color="black" if row.strategy == "fedavg" else "grey",
-                   linewidth=1.2, label=f"{name}: {row.accuracy:.4f}")
-        if row.quantizer == "fp16" and row.strategy != "fedavg":
+        name = ("FedAvg (whole model)" + (f" ({row.settings})" if row.settings else "") if row.strategy == "fedavg"
+                else _label(row.strategy, row.quantizer, row.bits, row.entropy_coding, many, row.settings))
+        colour = "black" if row.strategy == "fedavg" else "grey"
+        half = row.accuracy_ci95_half_width
+        ci = "n/a" if np.isnan(half) else f"{half:.4f}"
+        ax.axhline(row.accuracy, linestyle=next(styles), color=colour, linewidth=1.2,
+                   label=f"{name}: {row.accuracy:.4f} ± {ci}")
+        if row.quantizer == "fp16" and row.strategy != "fedavg" and not np.isnan(row.accuracy_vs_fp32):
+            half_d = row.accuracy_vs_fp32_ci95_half_width
+            ci_d = "n/a" if np.isnan(half_d) else f"{100 * half_d:.2f}"
             ax_d.axhline(100 * row.accuracy_vs_fp32, linestyle="--", color="grey", linewidth=1.2,
-                         label=f"{name}: {100 * row.accuracy_vs_fp32:+.2f} pt")
+                         label=f"{name}: {100 * row.accuracy_vs_fp32:+.2f} ± {ci_d} pt")
     ax_d.axhline(0.0, color="black", linewidth=0.8)
     for a in (ax, ax_d) if paired else (ax,):
         if xs_all:
@@ -103,16 +138,23 @@ def accuracy_vs_bits(table: pd.DataFrame, per_run: pd.DataFrame, runs: list[Run]
             a.set_xticks(sorted(xs_all))
             a.set_xticklabels([str(x) for x in sorted(xs_all)])
             a.minorticks_off()
-        a.set_xlabel("bits per activation element sent up (b, log scale)")
+        a.set_xlabel("bits per activation element sent up (bits, log scale)")
         a.grid(alpha=0.3)
+    _fraction_limits(ax)
     ax.set_ylabel("test accuracy (exact match, fraction)")
-    ax.set_title("Accuracy: mean over seeds (bars min-max, dots the seeds)")
+    ax.set_title("Accuracy: mean over seeds (bars: 95% t CI, dots: the seeds)")
     ax_d.set_ylabel("accuracy minus fp32's, same seed (percentage points)")
-    ax_d.set_title("Cost of the bits: paired with the fp32 run of each seed")
+    ax_d.set_title("Cost of the bits: paired with fp32 by seed (bars: 95% t CI)")
     ax.legend(loc="lower right")
     ax_d.legend(loc="lower right")
-    fig.suptitle(f"Accuracy vs bits at the cut ({_task(runs)})")
+    fig.suptitle(_title(f"Accuracy vs bits at the cut ({_task(runs)})", note))
     return _save(fig, out_dir, "accuracy_vs_bits")
+
+
+def _fraction_limits(ax) -> None:
+    """An accuracy axis stays within [0, 1]: wide intervals (few seeds) may run past its edge."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0.0), min(high, 1.0))
 
 
 class _Nowhere:
@@ -122,24 +164,16 @@ class _Nowhere:
         return lambda *args, **kwargs: None
 
 
-def _spread(runs_of: pd.DataFrame, bits) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = [], []
-    for b in bits:
-        g = runs_of[runs_of.bits_key == str(b)]
-        lo.append(g.accuracy.min())
-        hi.append(g.accuracy.max())
-    return np.array(lo), np.array(hi)
-
-
-def accuracy_vs_bytes(runs: list[Run], out_dir: Path) -> list[Path]:
+def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "") -> list[Path]:
     """Accuracy after each round against the cumulative bytes sent (whole serialized messages,
-    set-up folded into round 1), mean over seeds, one curve per setting: bytes up (what the
-    quantizer at the cut controls) and bytes up + down."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
+    set-up folded into round 1), mean over seeds with its 95% t interval (bars), one curve per
+    setting: bytes up (what the quantizer at the cut controls) and bytes up + down."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
+    label_settings(runs)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)
-    many = len({g[0] for g in groups}) > 1
+    many = len({g[0] for g in groups if g[0] != "fedavg"}) > 1
     cmap = plt.get_cmap("tab20")
     for i, key in enumerate(sorted(groups, key=group_sort_key)):
         curves = []
@@ -152,25 +186,33 @@ def accuracy_vs_bytes(runs: list[Run], out_dir: Path) -> list[Path]:
             accuracy = run.metrics.set_index("round").accuracy
             curves.append(pd.DataFrame({"up": up.reindex(accuracy.index), "both": both.reindex(accuracy.index),
                                         "accuracy": accuracy}))
-        mean = pd.concat(curves).groupby(level=0).mean()
-        strategy, quantizer, bits, entropy = key
-        label = "FedAvg (whole model)" if strategy == "fedavg" else _label(strategy, quantizer, bits, entropy, many)
+        joined = pd.concat(curves)
+        mean = joined.groupby(level=0).mean()
+        intervals = [t_interval(joined.accuracy[joined.index == r]) for r in mean.index]
+        yerr = _bars(mean.accuracy, [iv.low for iv in intervals], [iv.high for iv in intervals])
+        strategy, quantizer, bits, entropy, settings = key
+        label = ("FedAvg (whole model)" + (f" ({settings})" if settings else "") if strategy == "fedavg"
+                 else _label(strategy, quantizer, bits, entropy, many, settings))
         for ax, column in zip(axes, ("up", "both")):
-            ax.plot(mean[column] / 1e6, mean["accuracy"], marker="o", markersize=3.5, color=cmap(i % 20), label=label)
+            ax.errorbar(mean[column] / 1e6, mean["accuracy"], yerr=yerr, marker="o", markersize=3.5, capsize=2,
+                        color=cmap(i % 20), label=label)
     for ax, what in zip(axes, ("sent up, client to server", "sent up + down")):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # within a decade
         ax.set_xlabel(f"cumulative MB {what} (whole messages, log scale)")
         ax.grid(alpha=0.3, which="both")
+    _fraction_limits(axes[0])
     axes[0].set_ylabel("test accuracy (exact match, fraction)")
     axes[0].set_title("Accuracy vs bytes up (what the quantizer at the cut sets)")
     axes[1].set_title("Accuracy vs all bytes, up + down")
     axes[1].legend(fontsize=8, ncol=2, loc="lower right")
-    fig.suptitle(f"Accuracy vs bytes sent ({_task(runs)}; a point per round, mean over seeds)")
+    fig.suptitle(_title(f"Accuracy vs bytes sent ({_task(runs)}; a point per round: mean over seeds, "
+                        "bars: 95% t CI)", note))
     return _save(fig, out_dir, "accuracy_vs_bytes")
 
 
-def entropy_figure(run: Run, out_dir: Path) -> list[Path]:
+def entropy_figure(run: Run, out_dir: Path, note: str = "") -> list[Path]:
     """A bits="auto" run's calibration: per modality, the estimated density of the normalised
     features in each calibration batch (one client), and the entropy per batch (every client),
     with the chosen width."""
@@ -203,6 +245,6 @@ def entropy_figure(run: Run, out_dir: Path) -> list[Path]:
         ax_h.grid(alpha=0.3)
         ax_h.legend(fontsize=8)
     budget = clients[first][modalities[0]]["choice"]["max_rel_mse"]
-    fig.suptitle(f"Entropy-based bit-width selection ({run.name}; distortion budget: relative MSE <= {budget})",
-                 fontsize=11)
+    fig.suptitle(_title(f"Entropy-based bit-width selection ({run.name}; distortion budget: relative MSE <= {budget})",
+                        note), fontsize=11)
     return _save(fig, out_dir, "entropy")
