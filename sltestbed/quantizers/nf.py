@@ -40,7 +40,8 @@ class NFEncoder(QuantizerEncoder):
     def quantize(self, x: torch.Tensor, prepared: torch.Tensor) -> Payload:
         flat = prepared.reshape(-1)
         n, bs = flat.numel(), self.block_size
-        blocks = torch.nn.functional.pad(flat, (0, (-n) % bs)).view(-1, bs)
+        width = min(bs, n)  # a block larger than the tensor is one block of n elements
+        blocks = torch.nn.functional.pad(flat, (0, (-n) % width)).view(-1, width)
         absmax = blocks.abs().amax(1)
         check_finite(absmax)
         absmax = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
@@ -57,5 +58,5 @@ class NFEncoder(QuantizerEncoder):
         if absmax.numel() != math.ceil(codes.numel() / bs):
             raise ValueError(f"nf payload: {codes.numel()} codes need {math.ceil(codes.numel() / bs)} block scales, got {absmax.numel()}")
         levels = torch.tensor(nf_levels(payload.bits), device=codes.device)
-        scale = absmax.repeat_interleave(bs)[: codes.numel()]
+        scale = absmax.repeat_interleave(min(bs, codes.numel()))[: codes.numel()]  # O(n), whatever bs says
         return (levels[codes.long()] * scale).reshape(payload.shape)
