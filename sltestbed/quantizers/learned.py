@@ -73,7 +73,8 @@ class LearnedEncoder(QuantizerEncoder):
     @staticmethod
     def dequantize(payload: Payload) -> torch.Tensor:
         top = 2**payload.bits - 1
-        return (payload.fields[0].data.float() * (2.0 / top) - 1.0).reshape(payload.shape)
+        # (2 j - top) / top: one rounding, so each level is the float nearest 2 j / (L-1) - 1
+        return payload.fields[0].data.float().mul_(2.0).sub_(top).div_(top).reshape(payload.shape)
 
     @staticmethod
     def _normalised(u: torch.Tensor, q_min: torch.Tensor, q_max: torch.Tensor) -> torch.Tensor:
