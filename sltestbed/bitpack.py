@@ -81,7 +81,6 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         return packed.clone()
     mask = (1 << bits) - 1
     if 8 % bits == 0:
-        per = 8 // bits
         shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
         return ((packed[:, None] >> shifts) & mask).reshape(-1)[:n]
     groups = math.ceil(n / 8)

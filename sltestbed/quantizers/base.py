@@ -80,6 +80,20 @@ class Payload:
         return Payload(self.scheme, self.bits, self.shape, fields, self.params)
 
 
+@dataclass(frozen=True)
+class FieldSpec:
+    """What one field of a scheme's payload must be, known from the header alone: `numel`
+    values of `bits` bits, integer codes (dtype uint8) or raw floats of `dtype`."""
+
+    numel: int
+    bits: int
+    dtype: torch.dtype = torch.uint8
+
+    @property
+    def is_codes(self) -> bool:
+        return self.dtype == torch.uint8
+
+
 @dataclass
 class QuantOut:
     """Training-path output of an encoder.
@@ -151,6 +165,7 @@ class QuantizerEncoder(nn.Module):
 
     scheme: ClassVar[str]
     bits_range: ClassVar[range]
+    nparams: ClassVar[int] = 0  # small integers in `Payload.params`
 
     def __init__(self, bits: int):
         super().__init__()
@@ -183,6 +198,32 @@ class QuantizerEncoder(nn.Module):
     @staticmethod
     def dequantize(payload: Payload) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def wire_fields(cls, bits: int, shape: tuple[int, ...], params: tuple[int, ...]) -> tuple[FieldSpec, ...]:
+        """The fields a payload of this scheme carries, from its header alone (default: one
+        code per element); ValueError for bits or params this scheme never writes."""
+        cls.check_bits(bits)
+        cls._check_nparams(params)
+        return (FieldSpec(cls._numel(shape), bits),)
+
+    @classmethod
+    def validate(cls, payload: Payload) -> None:
+        """Checks of decoded values that the header cannot make (side information in range);
+        ValueError naming the problem."""
+
+    @classmethod
+    def _numel(cls, shape: tuple[int, ...]) -> int:
+        """Elements of a payload's shape: at least one (encoders refuse empty tensors)."""
+        n = math.prod(shape)
+        if n < 1:
+            raise ValueError(f"a '{cls.scheme}' payload of shape {shape} has no elements")
+        return n
+
+    @classmethod
+    def _check_nparams(cls, params: tuple[int, ...]) -> None:
+        if len(params) != cls.nparams:
+            raise ValueError(f"a '{cls.scheme}' payload has {cls.nparams} parameter(s), got {len(params)}")
 
     def regulariser(self, prepared: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return prepared.new_zeros(())

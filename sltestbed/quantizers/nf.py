@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from .base import Field, Payload, QuantizerEncoder, check_finite
+from .base import Field, FieldSpec, Payload, QuantizerEncoder, check_finite
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,6 +30,7 @@ def nf_levels(bits: int) -> tuple[float, ...]:
 class NFEncoder(QuantizerEncoder):
     scheme = "nf"
     bits_range = range(2, 9)
+    nparams = 1  # block size
 
     def __init__(self, bits: int, block_size: int = 64):
         super().__init__(bits)
@@ -50,6 +51,21 @@ class NFEncoder(QuantizerEncoder):
         codes = torch.bucketize(blocks / absmax[:, None], mids).reshape(-1)[:n].to(torch.uint8)
         return Payload(self.scheme, self.bits, tuple(prepared.shape),
                        (Field(codes, self.bits), Field(absmax, 32)), params=(bs,))
+
+    @classmethod
+    def wire_fields(cls, bits, shape, params):
+        cls.check_bits(bits)
+        cls._check_nparams(params)
+        if params[0] < 1:
+            raise ValueError(f"nf payload: block size must be >= 1, got {params[0]}")
+        n = cls._numel(shape)
+        return (FieldSpec(n, bits), FieldSpec(-(-n // params[0]), 32, torch.float32))
+
+    @classmethod
+    def validate(cls, payload: Payload) -> None:
+        absmax = payload.fields[1].data
+        if not bool(((absmax > 0) & torch.isfinite(absmax)).all()):
+            raise ValueError("nf payload: block scales must be positive and finite")
 
     @staticmethod
     def dequantize(payload: Payload) -> torch.Tensor:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .base import Field, Payload, QuantizerEncoder, check_finite
+from .base import Field, FieldSpec, Payload, QuantizerEncoder, check_finite
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -25,6 +27,12 @@ class PassthroughEncoder(QuantizerEncoder):
     @staticmethod
     def dequantize(payload: Payload) -> torch.Tensor:
         return payload.fields[0].data.float().reshape(payload.shape)
+
+    @classmethod
+    def wire_fields(cls, bits, shape, params):
+        cls.check_bits(bits)
+        cls._check_nparams(params)
+        return (FieldSpec(math.prod(shape), bits, _DTYPES[cls.scheme]),)
 
 
 class FP16Encoder(PassthroughEncoder):

@@ -7,27 +7,44 @@ ledger counts all of it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import Field, Payload, QuantizerEncoder, check_finite
+from .base import Field, FieldSpec, Payload, QuantizerEncoder, check_finite
 
 
 class TopKEncoder(QuantizerEncoder):
     scheme = "topk"
     bits_range = range(1, 9)
 
+    @staticmethod
+    def kept(n: int, bits: int) -> int:
+        """k: how many values a budget of `bits` bits per element keeps out of n."""
+        return min(n, -(-n * bits // 16))
+
     def quantize(self, x: torch.Tensor, prepared: torch.Tensor) -> Payload:
         check_finite(prepared)
         flat = prepared.reshape(-1)
         n = flat.numel()
-        k = min(n, math.ceil(n * self.bits / 16))
+        k = self.kept(n, self.bits)
         mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
         mask[flat.abs().topk(k, sorted=False).indices] = True
         values = flat[mask].to(torch.float16)
         return Payload(self.scheme, self.bits, tuple(prepared.shape),
                        (Field(values, 16), Field(mask.to(torch.uint8), 1)))
+
+    @classmethod
+    def wire_fields(cls, bits, shape, params):
+        cls.check_bits(bits)
+        cls._check_nparams(params)
+        n = cls._numel(shape)
+        return (FieldSpec(cls.kept(n, bits), 16, torch.float16), FieldSpec(n, 1))
+
+    @classmethod
+    def validate(cls, payload: Payload) -> None:
+        values, mask = (f.data for f in payload.fields)
+        selected = int(torch.count_nonzero(mask))
+        if selected != values.numel():
+            raise ValueError(f"topk payload: mask selects {selected} positions but {values.numel()} values came")
 
     @staticmethod
     def dequantize(payload: Payload) -> torch.Tensor:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Field, Payload, QuantizerEncoder, affine_codes, check_features, check_finite
+from .base import Field, FieldSpec, Payload, QuantizerEncoder, affine_codes, check_features, check_finite
 
 
 class UniformEncoder(QuantizerEncoder):
     scheme = "uniform"
     bits_range = range(1, 9)
+    nparams = 1  # 1 per channel, 0 per tensor
 
     def __init__(self, bits: int, per_channel: bool = False, stochastic: bool = False, seed: int = 0):
         super().__init__(bits)
@@ -63,6 +64,26 @@ class UniformEncoder(QuantizerEncoder):
         lo, hi = self._range(v)
         span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
         return (2 * (v - lo) / span - 1).clamp_(-1.0, 1.0)
+
+    @classmethod
+    def wire_fields(cls, bits, shape, params):
+        cls.check_bits(bits)
+        cls._check_nparams(params)
+        if params[0] not in (0, 1):
+            raise ValueError(f"uniform payload: per-channel flag must be 0 or 1, got {params[0]}")
+        if params[0] and not shape:
+            raise ValueError("uniform payload: per-channel scales need at least one dimension")
+        channels = shape[-1] if params[0] else 1
+        return (FieldSpec(cls._numel(shape), bits),
+                FieldSpec(channels, 32, torch.float32), FieldSpec(channels, 32, torch.float32))
+
+    @classmethod
+    def validate(cls, payload: Payload) -> None:
+        _, lo, scale = (f.data for f in payload.fields)
+        if not bool(torch.isfinite(lo).all()):
+            raise ValueError("uniform payload: minimum is not finite")
+        if not bool((scale > 0).all()):  # NaN fails too
+            raise ValueError("uniform payload: scale must be positive")
 
     @staticmethod
     def dequantize(payload: Payload) -> torch.Tensor:
