@@ -28,11 +28,13 @@ from . import client_app
 from .transport import MessageTransport
 
 class InProcessTransport(MessageTransport):
-    """`num_supernodes` nodes with partitions 0..n-1 under random node ids; `restore_every`
-    (testing): drop the ClientApp's per-process cache before every message, so each node's role
-    is rebuilt from its saved state as when another actor serves it."""
+    """`num_supernodes` nodes with partitions 0..n-1 under random node ids. For tests:
+    `restore_every` drops the ClientApp's per-process cache before every message, so each
+    node's role is rebuilt from its saved state as when another actor serves it;
+    `keep_messages` keeps every (request, reply) pair in `kept`."""
 
-    def __init__(self, run_config: dict, num_supernodes: int = 2, seed: int = 0, restore_every: bool = False):
+    def __init__(self, run_config: dict, num_supernodes: int = 2, seed: int = 0, restore_every: bool = False,
+                 keep_messages: bool = False):
         super().__init__(ExperimentConfig.from_run_config(run_config))
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
@@ -45,6 +47,7 @@ class InProcessTransport(MessageTransport):
                                                                        "num-partitions": num_supernodes},
                                                    RecordDict(), dict(run_config)))
         self.restore_every = restore_every
+        self.kept: list[tuple[Message, Message]] | None = [] if keep_messages else None
         self.late: dict[int, Message] = {}  # node -> a reply that came after its exchange ended
 
     def node_ids(self) -> list[int]:
@@ -66,6 +69,8 @@ class InProcessTransport(MessageTransport):
                 reply = client_app.handle(msg, self.contexts[node], wait=stalled.append)
             except Exception as exc:  # what Flower turns into an error reply
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            if self.kept is not None:
+                self.kept.append((msg, reply))
             if stalled:
                 self.late[node] = reply
                 missing[node] = msg.metadata.message_id

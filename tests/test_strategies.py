@@ -120,3 +120,79 @@ def test_a_node_restored_from_its_saved_state_trains_the_same(runs):
     transport.stop()
     assert report.rounds[0].loss == pytest.approx(reference.rounds[0].loss, abs=1e-6)
     assert report.rounds[0].accuracy == reference.rounds[0].accuracy
+
+
+def upward(transport):
+    return [(request.metadata.message_type, reply.content) for request, reply in transport.kept]
+
+
+def test_labels_at_the_client_never_go_up(monkeypatch):
+    """Every upward message of a labels=client run, record by record: only activations, the
+    batch's question lengths, the loss with d loss / d logits, and evaluation counts. And
+    nothing in them is derived from the labels: with every client's labels permuted, the first
+    step sends up the same bytes (only the loss record, sent after the logits, differs)."""
+    config = {**TINY, "labels": "client"}
+
+    def run_kept():
+        transport = InProcessTransport(config, 2, keep_messages=True)
+        from strategies import run_strategy
+
+        run_strategy(ExperimentConfig.from_run_config(config), transport, lambda m: None)
+        transport.stop()
+        return upward(transport)
+
+    plain = run_kept()
+    allowed = {wire.INFO: {"meta"}, wire.STEP: {"acts", "batch"}, wire.LOGITS: {"loss"}, wire.EVAL: {"acts", "batch"},
+               wire.SCORE: {"score"}}
+    for mtype, content in plain:
+        assert set(content) == allowed[mtype], mtype
+        if "batch" in content:
+            assert list(content["batch"]) == ["lengths"]
+        if "loss" in content:
+            assert list(content["loss"]) == ["loss", "dlogits"]  # dlogits leak the labels: see the privacy tests
+
+    import copy
+
+    from sltestbed import client_node
+
+    real = client_node.client_data
+
+    def permuted(cfg, partition, num_partitions):
+        train, test = real(cfg, partition, num_partitions)
+        train = copy.copy(train)
+        train.labels = train.labels[torch.randperm(len(train), generator=torch.Generator().manual_seed(1))]
+        return train, test
+
+    monkeypatch.setattr(client_node, "client_data", permuted)
+    other = run_kept()
+    first = [i for i, (mtype, _) in enumerate(plain) if mtype == wire.STEP][:2]  # both clients' first step
+    for i in first:
+        assert dict(plain[i][1]["acts"]) == dict(other[i][1]["acts"])
+        assert list(plain[i][1]["batch"]["lengths"]) == list(other[i][1]["batch"]["lengths"])
+    logits = next(i for i, (mtype, _) in enumerate(plain) if mtype == wire.LOGITS)
+    assert plain[logits][1]["loss"]["dlogits"] != other[logits][1]["loss"]["dlogits"]
+
+
+def test_the_same_config_gives_the_same_numbers_over_two_rounds():
+    a, _ = run(**{"num-rounds": 2})
+    b, _ = run(**{"num-rounds": 2})
+    strip = lambda r: {**r.__dict__, "seconds": 0}  # noqa: E731
+    assert [strip(r) for r in a.rounds] == [strip(r) for r in b.rounds] and len(a.rounds) == 2
+    assert a.ledger.rows == b.ledger.rows
+
+
+def test_entropy_coding_changes_the_bytes_and_nothing_else(runs):
+    plain, _ = runs["parallel"]
+    coded, _ = run(**{"entropy-coding": True})
+    assert [(r.loss, r.accuracy) for r in coded.rounds] == [(r.loss, r.accuracy) for r in plain.rounds]
+    acts = lambda report: report.ledger.totals()["up"]["activations"]  # noqa: E731
+    assert acts(coded)["ideal"] == acts(plain)["ideal"]  # the same codes at the same nominal width...
+    assert acts(coded)["serialized"] < 0.9 * acts(plain)["serialized"]  # ...in fewer bytes
+
+
+def test_two_bit_activations_cost_an_eighth_of_fp16(runs):
+    learned, _ = runs["parallel"]
+    fp16, _ = run(quantizer="fp16")
+    up = lambda report: report.ledger.totals()["up"]["activations"]  # noqa: E731
+    assert up(learned)["ideal"] * 8 == up(fp16)["ideal"]
+    assert up(learned)["serialized"] <= 0.13 * up(fp16)["serialized"]

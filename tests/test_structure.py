@@ -2,7 +2,6 @@
 
 import ast
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
 from sltestbed import train

@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from sltestbed import train
 from sltestbed.model import TinyLlava, preset

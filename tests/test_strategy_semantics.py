@@ -1,0 +1,176 @@
+"""What each strategy computes, checked against a reference built by hand from the roles and
+FedAvg: 2 clients, fp32 activations, one round, in process. An identical SplitFed v1 and v2,
+a parallel strategy that did not join its clients, or a hand-over in the wrong order would
+each fail here."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from simulations.in_process import run_in_process
+from sltestbed import wire
+from sltestbed.base_model import build_model
+from sltestbed.experiment import ExperimentConfig
+from sltestbed.fedavg import fedavg, model_weights
+from sltestbed.model import ClientPart, ServerPart
+from sltestbed.roles import ClientRole, ServerRole
+from sltestbed.splits import client_data, vocab_size
+from sltestbed.trainer import OptimConfig, Stage, train_stage
+
+CONFIG = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.95, "quantizer": "fp32",
+          "save-model": True}
+
+
+def setup(strategy, **overrides):
+    cfg = ExperimentConfig.from_run_config({**CONFIG, "strategy": strategy, **overrides})
+    data = [client_data(cfg, k, 2)[0] for k in range(2)]
+    return cfg, data, (lambda: build_model(cfg, None, vocab_size(cfg)))
+
+
+def client(cfg, model, data, *, k, batch, total_steps):
+    return ClientRole(model, cfg.cut_layers, data, batch_size=batch, seed=cfg.seed + k,
+                      optim=OptimConfig(cfg.lr, total_steps), trainable=cfg.modules,
+                      distortion_weight=cfg.distortion_weight)
+
+
+def server(cfg, model, total_steps):
+    return ServerRole(model, cfg.cut_layers, optim=OptimConfig(cfg.lr, total_steps), trainable=cfg.modules,
+                      grad_scheme=cfg.grad_quantizer, grad_bits=cfg.gradient_bits, seed=cfg.seed)
+
+
+def step(server_role, clients, pending):
+    """One split step: each client applies its pending gradient, then all forward through
+    `server_role` as one batch; the new gradients wait in `pending`."""
+    for k, c in enumerate(clients):
+        if k in pending:
+            c.backward(pending.pop(k))
+    outs = [c.forward() for c in clients]
+    server_role.forward([acts for acts, _ in outs])
+    _, grads = server_role.backward_from_labels([labels for _, labels in outs])
+    for k, g in zip(range(len(clients)), grads):
+        pending[k] = g
+
+
+def flush(clients, pending, ids=None):
+    for k, c in enumerate(clients):
+        if k in pending and (ids is None or k in ids):
+            c.backward(pending.pop(k))
+
+
+def assert_same(a, b, tol=1e-6):
+    a, b = dict(a.named_parameters()), dict(b.named_parameters())
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= tol, worst
+
+
+def test_parallel_joins_every_client_in_one_batch_per_step(monkeypatch):
+    cfg, data, new_model = setup("parallel")
+    batches = []
+    forward = ServerRole.forward
+    monkeypatch.setattr(ServerRole, "forward", lambda self, inputs: batches.append(len(inputs)) or forward(self, inputs))
+    report, _ = run_in_process({**CONFIG, "strategy": "parallel"})
+    steps = math.ceil(len(data[0]) / math.ceil(cfg.batch_size / 2))
+    assert batches == [2] * steps  # one server forward a step, both clients in it
+
+    monkeypatch.setattr(ServerRole, "forward", forward)
+    clients = [client(cfg, new_model(), data[k], k=k, batch=math.ceil(cfg.batch_size / 2), total_steps=steps) for k in range(2)]
+    srv = server(cfg, new_model(), steps)
+    pending = {}
+    for _ in range(steps):
+        step(srv, clients, pending)
+    flush(clients, pending)  # the evaluation request carries the last gradients
+    assert_same(ServerPart(report.model, cfg.cut_layers), srv.part)
+    assert_same(ClientPart(report.model, cfg.cut_layers), clients[0].part)  # partition 0's own part
+
+
+def test_sequential_hands_the_client_part_from_client_to_client():
+    cfg, data, new_model = setup("sequential")
+    report, _ = run_in_process({**CONFIG, "strategy": "sequential"})
+    steps = [math.ceil(len(d) / cfg.batch_size) for d in data]
+    clients = [client(cfg, new_model(), data[k], k=k, batch=cfg.batch_size, total_steps=max(steps)) for k in range(2)]
+    srv = server(cfg, new_model(), sum(steps))
+    pending = {}
+    for k in range(2):
+        if k == 1:  # hand-over: client 0's part (its last gradient applied) goes to client 1
+            flush(clients, pending, {0})
+            clients[1].load_part_state(clients[0].part_state())
+        for _ in range(steps[k]):
+            one = {0: pending.pop(k)} if k in pending else {}
+            step(srv, [clients[k]], one)
+            pending[k] = one[0]
+    flush(clients, pending)
+    assert_same(ServerPart(report.model, cfg.cut_layers), srv.part)
+    assert_same(ClientPart(report.model, cfg.cut_layers), clients[1].part)  # the latest part, handed to all
+
+
+def test_splitfed_v1_averages_client_parts_and_server_copies():
+    cfg, data, new_model = setup("splitfed-v1")
+    report, _ = run_in_process({**CONFIG, "strategy": "splitfed-v1"})
+    steps = math.ceil(len(data[0]) / cfg.batch_size)
+    clients = [client(cfg, new_model(), data[k], k=k, batch=cfg.batch_size, total_steps=steps) for k in range(2)]
+    srv = server(cfg, new_model(), steps)
+    copies = [copy.deepcopy(srv) for _ in range(2)]
+    pending = {}
+    for _ in range(steps):
+        for k in range(2):  # each client through its own server copy
+            one = {0: pending.pop(k)} if k in pending else {}
+            step(copies[k], [clients[k]], one)
+            pending[k] = one[0]
+    flush(clients, pending)
+    sizes = [len(d) for d in data]
+    client_avg = fedavg([c.part_state() for c in clients], sizes)
+    srv.load_part_state(fedavg([c.part_state() for c in copies], sizes))
+    assert_same(ServerPart(report.model, cfg.cut_layers), srv.part)
+    clients[0].load_part_state(client_avg)
+    assert_same(ClientPart(report.model, cfg.cut_layers), clients[0].part)
+
+
+def splitfed_v2_order(seed):
+    return torch.randperm(2, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_splitfed_v2_takes_clients_in_its_seeded_order_then_averages(seed):
+    order = splitfed_v2_order(seed)
+    cfg, data, new_model = setup("splitfed-v2", seed=seed)
+    report, _ = run_in_process({**CONFIG, "strategy": "splitfed-v2", "seed": seed})
+    first_step = {p: min(r.message for r in report.ledger.rows if r.client == p and r.message_type == wire.STEP)
+                  for p in (0, 1)}
+    assert sorted((0, 1), key=first_step.get) == order
+    steps = [math.ceil(len(d) / cfg.batch_size) for d in data]
+    clients = [client(cfg, new_model(), data[k], k=k, batch=cfg.batch_size, total_steps=max(steps)) for k in range(2)]
+    srv = server(cfg, new_model(), sum(steps))
+    pending = {}
+    for k in order:  # one server part, clients in turn, each from the client part it holds
+        for _ in range(steps[k]):
+            one = {0: pending.pop(k)} if k in pending else {}
+            step(srv, [clients[k]], one)
+            pending[k] = one[0]
+    flush(clients, pending)
+    average = fedavg([c.part_state() for c in clients], [len(d) for d in data])
+    assert_same(ServerPart(report.model, cfg.cut_layers), srv.part)
+    clients[0].load_part_state(average)
+    assert_same(ClientPart(report.model, cfg.cut_layers), clients[0].part)
+
+
+def test_seeds_with_both_splitfed_v2_orders_are_tested():
+    assert {tuple(splitfed_v2_order(s)) for s in (0, 1)} == {(0, 1), (1, 0)}
+
+
+def test_fedavg_averages_locally_trained_whole_models():
+    cfg, data, new_model = setup("fedavg")
+    report, _ = run_in_process({**CONFIG, "strategy": "fedavg"})
+    global_model = new_model()
+    states, sizes = [], []
+    for k in range(2):
+        local = new_model()
+        local.load_weights(model_weights(global_model))
+        train_stage(local, local, data[k], Stage("local", cfg.modules, cfg.local_epochs, cfg.lr), cfg.batch_size,
+                    cfg.seed + 1, progress=False)
+        states.append(model_weights(local))
+        sizes.append(len(data[k]))
+    global_model.load_weights(fedavg(states, sizes))
+    assert_same(report.model, global_model)
