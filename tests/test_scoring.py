@@ -37,7 +37,8 @@ def test_scores_count_by_hand():
     scores = Scores.of(ANSWERS, LABELS, QTYPE, QTYPES)
     assert scores.correct == {"a": 1.0, "b": 2.0, "c": 0.0} and scores.seen == {"a": 2.0, "b": 3.0, "c": 1.0}
     assert_expected(scores.result())
-    halves = Scores.of(ANSWERS[:4], LABELS[:4], QTYPE[:4], QTYPES) + Scores.of(ANSWERS[4:], LABELS[4:], QTYPE[4:], QTYPES)
+    # two shards that each answer a type-b question right: their counts add
+    halves = Scores.of(ANSWERS[:3], LABELS[:3], QTYPE[:3], QTYPES) + Scores.of(ANSWERS[3:], LABELS[3:], QTYPE[3:], QTYPES)
     assert halves == scores  # shards add up exactly
     assert Scores().accuracy != Scores().accuracy  # nothing scored: NaN, not 0
     with pytest.raises(ValueError, match="one entry per question"):
@@ -70,7 +71,7 @@ class StubModel(torch.nn.Module):
 
 
 def test_the_centralized_evaluation():
-    assert_expected(evaluate(StubModel(), Shard(torch.arange(6)), batch_size=4))
+    assert_expected(evaluate(StubModel(), Shard(torch.arange(6)), batch_size=3))
 
 
 class StubServer:
@@ -81,12 +82,12 @@ class StubServer:
 
 
 class StubTransport(Transport):
-    """Two clients holding questions 0-3 and 4-5; evaluation replies carry the rows' indices
+    """Two clients holding questions 0-2 and 3-5; evaluation replies carry the rows' indices
     as their lengths; score requests are answered by real ClientNodes over stub shards."""
 
     def __init__(self, labels_at):
         self.ledger, self.round_trips, self.partitions = None, 0, {10: 0, 20: 1}
-        self.rows = {10: torch.arange(4), 20: torch.arange(4, 6)}
+        self.rows = {10: torch.arange(3), 20: torch.arange(3, 6)}
         self.labels_at = labels_at
 
     def node_ids(self):
@@ -123,7 +124,7 @@ def shards(monkeypatch):
 @pytest.mark.parametrize("labels_at", ["server", "client"])
 def test_split_evaluation_scores_where_the_labels_are(labels_at, shards):
     cfg = ExperimentConfig.from_run_config({"preset": "tiny", "base": "none", "labels": labels_at})
-    setup = RunSetup(cfg, [Client(10, 0, 4, 4), Client(20, 1, 2, 2)], 8, QTYPES, None)
+    setup = RunSetup(cfg, [Client(10, 0, 3, 3), Client(20, 1, 3, 3)], 8, QTYPES, None)
     strategy = Strategy(setup, StubTransport(labels_at), log=lambda m: None)
     assert_expected(strategy.evaluate_split(1, StubServer()))
 
