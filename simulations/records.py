@@ -9,7 +9,8 @@ transports use these three functions and nothing else touches records.
     grads   ConfigRecord   {modality: codec bytes}   cut-layer gradients, server -> client (gradients)
     batch   ConfigRecord   lengths (and labels, qtype) of the batch as int lists          (config, labels)
     logits  ConfigRecord   {"logits": codec bytes}   labels at the client: server -> client (logits)
-    loss    ConfigRecord   {"loss": float, "dlogits": codec bytes}  client -> server      (loss, gradients)
+    hidden  ConfigRecord   {"hidden": codec bytes}   U-shaped: the server's output, down    (activations)
+    loss    ConfigRecord   {"loss": float, "dlogits" or "dhidden": codec bytes}  up      (loss, gradients)
     part    ArrayRecord    client-part or whole-model weights                              (model)
     score   MetricRecord   correct.<type>, seen.<type> counts                              (config)
     calibration ConfigRecord  {"report": JSON}: per-modality entropy report               (config)
@@ -58,10 +59,10 @@ def write(content: Content, entropy: bool = False) -> RecordDict:
             if value.qtype is not None:
                 record["qtype"] = value.qtype.tolist()
             out[name] = ConfigRecord(record)
-        elif name == "logits":
-            out[name] = ConfigRecord({"logits": encode_tensor(value)})
+        elif name in ("logits", "hidden"):
+            out[name] = ConfigRecord({name: encode_tensor(value)})
         elif name == "loss":
-            out[name] = ConfigRecord({"loss": value.loss, "dlogits": encode_tensor(value.dlogits)})
+            out[name] = ConfigRecord({"loss": value.loss, f"d{value.wrt}": encode_tensor(value.grad)})
         elif name == "part":
             out[name] = ArrayRecord(OrderedDict((k, v.detach().cpu()) for k, v in value.items()))
         elif name == "echo":
@@ -92,8 +93,14 @@ def read(records: RecordDict, meta: type | None = None) -> Content:
         content.batch = Batch(b["lengths"], b.get("labels"), b.get("qtype"))
     if "logits" in records:
         content.logits = decode_tensor(records["logits"]["logits"])
+    if "hidden" in records:
+        content.hidden = decode_tensor(records["hidden"]["hidden"])
     if "loss" in records:
-        content.loss = LossReply(float(records["loss"]["loss"]), decode_tensor(records["loss"]["dlogits"]))
+        loss = dict(records["loss"])
+        wrt = next((k[1:] for k in loss if k in ("dlogits", "dhidden")), None)
+        if wrt is None or set(loss) != {"loss", f"d{wrt}"}:
+            raise ValueError(f"loss record has keys {sorted(loss)}: expected loss and dlogits or dhidden")
+        content.loss = LossReply(float(loss["loss"]), decode_tensor(loss[f"d{wrt}"]), wrt)
     if "part" in records:
         content.part = dict(records["part"].to_torch_state_dict())
     if "echo" in records:
@@ -113,7 +120,7 @@ def read(records: RecordDict, meta: type | None = None) -> Content:
     return content
 
 
-_NAMES = ("grads", "acts", "batch", "logits", "loss", "part", "echo", "score", "calibration", "meta")
+_NAMES = ("grads", "acts", "batch", "logits", "hidden", "loss", "part", "echo", "score", "calibration", "meta")
 
 
 # --- accounting ----------------------------------------------------------------------------
@@ -141,7 +148,7 @@ def _entry_size(name: str, record, key) -> int:
     return size(alone) - size(empty) + (size(empty) if len(record) == 1 else 0)
 
 
-PAYLOAD_KINDS = {"acts": "activations", "grads": "gradients", "logits": "logits"}
+PAYLOAD_KINDS = {"acts": "activations", "grads": "gradients", "logits": "logits", "hidden": "activations"}
 
 
 def parts(records: RecordDict) -> list[Part]:

@@ -58,7 +58,8 @@ class ClientNode:
             cfg = self.run_config(meta)
             self.role = ClientRole(self.model(cfg, meta.base), cfg.cut_layers, self.train, batch_size=meta.batch_size,
                                    seed=cfg.seed + self.partition, optim=OptimConfig(cfg.lr, meta.total_steps),
-                                   trainable=cfg.modules, distortion_weight=cfg.distortion_weight)
+                                   trainable=cfg.modules, distortion_weight=cfg.distortion_weight,
+                                   head=cfg.labels == "u-shaped")
         return self.role
 
     def state(self) -> bytes:
@@ -111,8 +112,10 @@ class ClientNode:
         return Content(acts=acts.payloads, batch=Batch(acts.lengths, labels if self.cfg.labels == "server" else None))
 
     def _logits(self, request: Content, wait) -> Content:
-        loss, dlogits = self.role.loss_and_logit_grad(request.logits)
-        return Content(loss=LossReply(loss, dlogits))
+        """Labels here: the loss of the last batch and its gradient w.r.t. the server's output."""
+        wrt = "logits" if request.logits is not None else "hidden"
+        loss, grad = self.role.loss_and_grad(request.logits if wrt == "logits" else request.hidden)
+        return Content(loss=LossReply(loss, grad, wrt))
 
     def _part(self, request: Content, wait) -> Content:
         self.receive(request)
@@ -126,9 +129,11 @@ class ClientNode:
         return Content(acts=acts.payloads, batch=Batch(acts.lengths))
 
     def _score(self, request: Content, wait) -> Content:
-        """Labels at the client: the server's logits scored here against this shard's labels."""
+        """Labels here: the server's output (logits, or U-shaped the hidden state, through the
+        head here) scored against this shard's labels."""
         test = self.test
-        return Content(score=Scores.of(request.logits.argmax(-1), test.labels, test.qtype_index, test.qtypes))
+        logits = request.logits if request.logits is not None else self.role.logits(request.hidden)
+        return Content(score=Scores.of(logits.argmax(-1), test.labels, test.qtype_index, test.qtypes))
 
     def _local(self, request: Content, wait) -> Content:
         """FedAvg baseline: the whole model, trained here on the local partition."""

@@ -13,12 +13,11 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 
 from .data.partition import PARTITIONERS
-from .model import MODALITIES, PRESETS, parse_cut
+from .model import LABELS, MODALITIES, PRESETS, parse_cut
 from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES, implied_bits, scheme_class
 from .trainer import MODULE_GROUPS
 
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
-LABELS = ("server", "client")  # where the labels and the loss live
 CACHE_DIR = os.path.join(".cache", "sltestbed")  # where base models are cached (relative: to the working directory)
 
 

@@ -5,10 +5,12 @@ roles take and return payloads (codes and side information, as they cross the li
 side dequantizes what it receives itself.
 
     client.forward()                    -> Activations (a Payload per modality, lengths), labels
-    server.forward([activations...])    -> logits per client (graph kept)
+    server.forward([activations...])    -> outputs per client (graph kept): logits, or U-shaped the
+                                           hidden state at the answer position
       labels at the server:  server.backward_from_labels([labels...])     -> gradient payloads per client
-      labels at the client:  client.loss_and_logit_grad(logits)           -> loss, d loss / d logits
-                             server.backward_from_logit_grads([dlogits])  -> gradient payloads per client
+      labels at the client:  client.loss_and_grad(outputs)                -> loss, d loss / d outputs
+      (and U-shaped, where the client's head turns the hidden state into logits and steps)
+                             server.backward_from_output_grads([grads])   -> gradient payloads per client
     client.backward(gradient payloads)  -> the client part steps
 
 Each side has its own AdamW and schedule over the parameters it holds; per-parameter
@@ -24,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .model import MODALITIES, ClientPart, ServerPart, TinyLlava
+from .model import MODALITIES, ClientPart, HeadPart, ServerPart, TinyLlava
 from .quantizers import GRADIENT_SCHEMES, Payload, build_quantizer, dequantize
 from .trainer import OptimConfig, TensorData, set_trainable
 
@@ -82,15 +84,21 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 
 
 class ClientRole:
+    """`head`: the U-shaped split, where the language model's head (and the loss) stays here:
+    the server sends its hidden state at the answer position, the head turns it into logits."""
+
     def __init__(self, model: TinyLlava, cut_layers: int, data: TensorData, *, batch_size: int, seed: int,
                  optim: OptimConfig, trainable=("vision", "connector", "quantizers", "lm"),
-                 distortion_weight: float = 0.25):
+                 distortion_weight: float = 0.25, head: bool = False):
         set_trainable(model, trainable)
         self.model = model
         self.part = ClientPart(model, cut_layers)
+        self.head = HeadPart(model) if head else None
         self.data = data
         self.cursor = BatchCursor(len(data), batch_size, seed)
         self.optimizer, self.schedule = optim.build(_trainable(self.part))
+        head_params = _trainable(self.head) if head else []
+        self.head_optimizer, self.head_schedule = optim.build(head_params) if head_params else (None, None)
         self.distortion_weight = distortion_weight
         self.pending = None  # (batch rows, quantizer outputs) of the forward awaiting its gradient
         self.steps = 0
@@ -129,15 +137,35 @@ class ClientRole:
         self.pending = None
         self.steps += 1
 
-    def loss_and_logit_grad(self, logits: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """Labels kept here: the loss of this client's batch and its gradient w.r.t. the logits."""
+    def loss_and_grad(self, output: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Labels kept here: the loss of this client's batch and its gradient w.r.t. what the
+        server sent (its logits; U-shaped, its hidden state, which the head here turns into
+        logits, and the head steps)."""
         if self.pending is None:
-            raise RuntimeError("client received logits but has no forward pass waiting")
+            raise RuntimeError("client received the server's output but has no forward pass waiting")
         labels = self.pending[2]["labels"]
-        leaf = logits.detach().float().requires_grad_(True)
-        loss = nn.functional.cross_entropy(leaf, labels)
+        leaf = output.detach().float().requires_grad_(True)
+        if self.head is None:
+            loss = nn.functional.cross_entropy(leaf, labels)
+            loss.backward()
+            return float(loss.detach()), leaf.grad
+        self.head.train()
+        loss = nn.functional.cross_entropy(self.head(leaf), labels)
+        if self.head_optimizer is not None:
+            self.head_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.head_optimizer is not None:
+            self.head_optimizer.step()
+            self.head_schedule.step()
         return float(loss.detach()), leaf.grad
+
+    @torch.no_grad()
+    def logits(self, output: torch.Tensor) -> torch.Tensor:
+        """The answer logits of the server's output (U-shaped: through the head here)."""
+        if self.head is None:
+            return output
+        self.head.eval()
+        return self.head(output.float())
 
     # --- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
@@ -152,16 +180,22 @@ class ClientRole:
     # --- state ----------------------------------------------------------------------------
     def state_bytes(self) -> bytes:
         buf = io.BytesIO()
-        torch.save({"part": self.part.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "schedule": self.schedule.state_dict(), "cursor": self.cursor.state(),
-                    "pending": None if self.pending is None else self.pending[0], "steps": self.steps}, buf)
+        state = {"part": self.part_state(), "optimizer": self.optimizer.state_dict(),
+                 "schedule": self.schedule.state_dict(), "cursor": self.cursor.state(),
+                 "pending": None if self.pending is None else self.pending[0], "steps": self.steps}
+        if self.head_optimizer is not None:
+            state.update(head_optimizer=self.head_optimizer.state_dict(), head_schedule=self.head_schedule.state_dict())
+        torch.save(state, buf)
         return buf.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
         state = torch.load(io.BytesIO(data), weights_only=False)
-        self.part.load_state_dict(state["part"])
+        self.load_part_state(state["part"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        if self.head_optimizer is not None:
+            self.head_optimizer.load_state_dict(state["head_optimizer"])
+            self.head_schedule.load_state_dict(state["head_schedule"])
         self.cursor.load_state(state["cursor"])
         self.steps = state["steps"]
         self.pending = None
@@ -169,19 +203,32 @@ class ClientRole:
             self._forward(state["pending"])
 
     def part_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.part.state_dict().items()}
+        """The weights this side holds: the client part (U-shaped, the head too, as head.*)."""
+        state = {k: v.detach().clone() for k, v in self.part.state_dict().items()}
+        if self.head is not None:
+            state.update({f"head.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
+        return state
 
     def load_part_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.part.load_state_dict(state)
+        load_client_state(self.model, self.part, state)
+
+
+def load_client_state(model: TinyLlava, part: ClientPart, state: dict[str, torch.Tensor]) -> None:
+    """Load a client's weights (`ClientRole.part_state`: the client part, and the head's head.*
+    where it has one) into `part` of `model`."""
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    part.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
+    if head:
+        HeadPart(model).load_state_dict(head)
 
 
 class ServerRole:
     def __init__(self, model: TinyLlava, cut_layers: int, *, optim: OptimConfig,
                  trainable=("vision", "connector", "quantizers", "lm"), grad_scheme: str = "fp32",
-                 grad_bits: int | None = None, seed: int = 0):
+                 grad_bits: int | None = None, seed: int = 0, head: bool = True):
         set_trainable(model, trainable)
         self.model = model
-        self.part = ServerPart(model, cut_layers, with_head=True)
+        self.part = ServerPart(model, cut_layers, with_head=head)
         self.optimizer, self.schedule = optim.build(_trainable(self.part))
         self.grad_encoder = gradient_encoder(grad_scheme, grad_bits, seed)
         self.inputs = None
@@ -210,10 +257,10 @@ class ServerRole:
         self._step(loss)
         return float(loss.detach()), self._gradients()
 
-    def backward_from_logit_grads(self, dlogits: list[torch.Tensor | None]) -> list[Payload | None]:
-        """Each client's d L_k / d logits_k; the server loss is sum_k (b_k / B) L_k over the
-        clients that answered (None: a client whose loss never came; it contributes nothing
-        and gets no gradient)."""
+    def backward_from_output_grads(self, dlogits: list[torch.Tensor | None]) -> list[Payload | None]:
+        """Each client's d L_k / d output_k (its logits, or U-shaped its hidden state); the
+        loss is sum_k (b_k / B) L_k over the clients that answered (None: a client whose loss
+        never came; it contributes nothing and gets no gradient)."""
         slices = self.logits.detach().split([x["image"].shape[0] for x in self.inputs])
         total = sum(g.shape[0] for g in dlogits if g is not None)
         grad = torch.cat([torch.zeros_like(s) if g is None else g * (g.shape[0] / total) for s, g in zip(slices, dlogits)])

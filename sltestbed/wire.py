@@ -10,10 +10,10 @@ other half of the contract, in `simulations/records.py`; nothing else touches re
     query.calibrate      meta: CalibrationRequest       calibration (entropy report)
     query.echo           echo, meta: EchoRequest        echo                (benchmark)
     train.step           [grads] [part], meta: StepMeta acts, batch
-    train.logits         logits, meta                   loss                (labels at the client)
+    train.logits         logits|hidden, meta            loss                (labels at the client; U-shaped)
     query.part           [grads] [part], meta           part                (client part up)
     evaluate.forward     [grads] [part], meta           acts, batch         (test shard)
-    evaluate.score       logits, meta                   score               (labels at the client)
+    evaluate.score       logits|hidden, meta            score               (labels at the client; U-shaped)
     train.local          part, meta                     part, meta: LocalResult   (FedAvg)
     evaluate.local       part, meta                     score               (FedAvg)
 
@@ -153,10 +153,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class LossReply:
-    """Labels at the client: its batch's loss and d loss / d logits."""
+    """Labels at the client: its batch's loss and its gradient w.r.t. what the server sent,
+    the logits (`wrt` "logits") or, U-shaped, the hidden state at the answer position."""
 
     loss: float
-    dlogits: torch.Tensor
+    grad: torch.Tensor
+    wrt: str = "logits"
 
 
 @dataclass
@@ -168,6 +170,7 @@ class Content:
     acts: dict[str, Payload] | None = None  # activations, client -> server
     batch: Batch | None = None
     logits: torch.Tensor | None = None  # server -> client, labels at the client
+    hidden: torch.Tensor | None = None  # server -> client, U-shaped: its output at the answer position
     loss: LossReply | None = None
     part: dict[str, torch.Tensor] | None = None  # client-part (or whole-model) weights
     echo: bytes | None = None

@@ -20,7 +20,7 @@ from sltestbed.experiment import ExperimentConfig
 from sltestbed.fedavg import fedavg
 from sltestbed.ledger import ByteLedger
 from sltestbed.model import ClientPart, TinyLlava
-from sltestbed.roles import Activations, ServerRole
+from sltestbed.roles import Activations, ServerRole, load_client_state
 from sltestbed.scoring import Scores
 from sltestbed.trainer import OptimConfig
 from sltestbed.wire import Content, StepMeta
@@ -116,7 +116,7 @@ class Strategy:
     def server_role(self, model: TinyLlava, total_steps: int) -> ServerRole:
         return ServerRole(model, self.cfg.cut_layers, optim=OptimConfig(self.cfg.lr, total_steps),
                           trainable=self.cfg.modules, grad_scheme=self.cfg.grad_quantizer,
-                          grad_bits=self.cfg.gradient_bits, seed=self.cfg.seed)
+                          grad_bits=self.cfg.gradient_bits, seed=self.cfg.seed, head=self.cfg.labels != "u-shaped")
 
     # --- the split step shared by the split strategies ----------------------------------------
     def split_step(self, rnd: int, step: int, clients: list[Client], server_of) -> float | None:
@@ -137,8 +137,9 @@ class Strategy:
             logits = server.forward([Activations(c.acts, c.batch.lengths) for _, c in members])
             for (node, content), node_logits in zip(members, logits):
                 logits_of[node], batch_of[node] = node_logits, content.batch
-        if self.cfg.labels == "client":
-            answers = self.exchange({n: (wire.LOGITS, Content(logits=lg)) for n, lg in logits_of.items()}, rnd, step)
+        if self.cfg.labels != "server":
+            answers = self.exchange({n: (wire.LOGITS, self.output_content(out)) for n, out in logits_of.items()},
+                                    rnd, step)
         losses, sizes = [], []
         for server, members in groups.values():
             nodes = [n for n, _ in members]
@@ -148,8 +149,8 @@ class Strategy:
                 losses.append(loss * samples)
                 sizes.append(samples)
             else:
-                grads = server.backward_from_logit_grads([answers[n].loss.dlogits if n in answers else None
-                                                          for n in nodes])
+                grads = server.backward_from_output_grads([answers[n].loss.grad if n in answers else None
+                                                           for n in nodes])
                 for n in nodes:
                     if n in answers:
                         losses.append(answers[n].loss.loss * len(batch_of[n].lengths))
@@ -176,6 +177,11 @@ class Strategy:
                 self.outbox.parts[c.node_id] = average
         return list(parts)
 
+    def output_content(self, output) -> Content:
+        """The server's output for a client that holds the labels: logits, or U-shaped the
+        hidden state at the answer position (the client's head makes the logits)."""
+        return Content(hidden=output) if self.cfg.labels == "u-shaped" else Content(logits=output)
+
     # --- evaluation -----------------------------------------------------------------------
     def evaluate_split(self, round: int, server: ServerRole) -> dict:
         """Every client's test shard through its client part (pending gradients and weights
@@ -190,7 +196,7 @@ class Strategy:
             for logits, batch in predicted.values():
                 scores += Scores.of(logits.argmax(-1), batch.labels, batch.qtype, self.setup.question_types)
         else:
-            answers = self.exchange({n: (wire.SCORE, Content(logits=lg)) for n, (lg, _) in predicted.items()},
+            answers = self.exchange({n: (wire.SCORE, self.output_content(out)) for n, (out, _) in predicted.items()},
                                     round, -1)
             for content in answers.values():
                 scores += content.score
@@ -217,7 +223,7 @@ class Strategy:
         for client in self.clients:
             parts = self.collect_parts(self.cfg.num_rounds, [client])
             if client.node_id in parts:
-                ClientPart(model, self.cfg.cut_layers).load_state_dict(parts[client.node_id])
+                load_client_state(model, ClientPart(model, self.cfg.cut_layers), parts[client.node_id])
                 return model
         return None
 

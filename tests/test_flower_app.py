@@ -20,7 +20,7 @@ from simulations.superlink import simulation_superlink
 from sltestbed.experiment import ExperimentConfig
 from sltestbed.splits import client_data
 from sltestbed.model import TinyLlava
-from sltestbed.trainer import MODULE_GROUPS, Stage, train_stage
+from sltestbed.trainer import MODULE_GROUPS, Stage, evaluate, train_stage
 
 pytestmark = pytest.mark.flower
 APP = Path(__file__).resolve().parent.parent
@@ -95,21 +95,27 @@ def test_bad_run_config_value_stops_the_run_naming_the_key(link, tmp_path):
     assert not out.exists()
 
 
-def test_sequential_with_one_client_trains_like_the_centralized_trainer(link, tmp_path):
+@pytest.mark.parametrize("labels", ["server", "u-shaped"])
+def test_sequential_with_one_client_trains_like_the_centralized_trainer(link, tmp_path, labels):
+    """Also the U-shaped split (head and loss on the client): the same weights as one
+    optimizer over the whole model in one process."""
     overrides = {"strategy": "sequential", "quantizer": "fp32", "train-modules": ",".join(MODULE_GROUPS),
-                 "save-model": True, "test-fraction": 0.9}
+                 "save-model": True, "test-fraction": 0.9, "labels": labels}
     result, out = run(link, tmp_path, num_supernodes=1, **overrides)
     assert result.ok, result.describe()
     flower = TinyLlava.from_pretrained(str(out / "model"))
 
     cfg = ExperimentConfig.from_run_config({**TINY, **overrides})
-    data, _ = client_data(cfg, 0, 1)
+    data, test = client_data(cfg, 0, 1)
     torch.manual_seed(cfg.seed)
     central = TinyLlava(flower.config)
     train_stage(central, central, data, Stage("full", MODULE_GROUPS, 1, cfg.lr), cfg.batch_size, cfg.seed,
                 progress=False)
     diffs = [(a - b).abs().max().item() for a, b in zip(central.parameters(), flower.parameters())]
     assert max(diffs) <= 1e-4
+    # and the run's accuracy is the centralized evaluation of those weights
+    assert json.loads((out / "summary.json").read_text())["accuracy"] == pytest.approx(evaluate(flower, test)["accuracy"],
+                                                                                         abs=1e-12)
 
 
 def test_deployment_engine_runs_the_same_app(tmp_path):

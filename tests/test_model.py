@@ -21,7 +21,7 @@ def grads(model):
 
 
 @pytest.mark.parametrize("cut", ["connector", "lm:1"])
-@pytest.mark.parametrize("labels", ["server", "client"])
+@pytest.mark.parametrize("labels", ["server", "u-shaped"])
 def test_split_is_exact_with_fp32_passthrough(cut, labels):
     torch.manual_seed(0)
     model = TinyLlava(preset("tiny"))
@@ -38,7 +38,7 @@ def test_split_is_exact_with_fp32_passthrough(cut, labels):
     quantized = split.client(pixels, ids)
     sent = {m: q.values.detach().requires_grad_(True) for m, q in quantized.items()}
     out = split.server(sent["image"], sent["text"], lengths)
-    if labels == "client":
+    if labels == "u-shaped":
         server_out = out.detach().requires_grad_(True)
         logits = split.head(server_out)
         torch.nn.functional.cross_entropy(logits, target).backward()
@@ -134,6 +134,13 @@ def test_cut_profile_counts():
         assert r["down_elements_per_sample"] == per_sample
     assert rows[1]["client_flops_per_sample"] > rows[0]["client_flops_per_sample"] > 0
     assert rows[1]["client_parameters"] > rows[0]["client_parameters"]
+    vocab, d = model.config.vocab_size, model.lm_hidden
+    client = cut_profile(model, pixels, ids, labels="client")[0]  # logits down, loss and d loss / d logits up
+    assert (client["up_elements_per_sample"], client["down_elements_per_sample"]) == (per_sample + vocab + 1,
+                                                                                      per_sample + vocab)
+    u = cut_profile(model, pixels, ids, labels="u-shaped")[0]  # the hidden state down, loss and its gradient up
+    assert (u["up_elements_per_sample"], u["down_elements_per_sample"]) == (per_sample + d + 1, per_sample + d)
+    assert u["client_parameters"] == rows[0]["client_parameters"] + vocab * d  # the head moves to the client
 
 
 @pytest.mark.parametrize("changes,message", [

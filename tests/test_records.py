@@ -41,7 +41,7 @@ def test_every_content_survives_the_round_trip():
     for m in acts:
         assert back.acts[m].shape == acts[m].shape and torch.equal(back.acts[m].fields[0].data.flatten(), acts[m].fields[0].data.flatten())
     assert torch.equal(back.batch.labels, content.batch.labels) and torch.equal(back.batch.qtype, content.batch.qtype)
-    assert torch.equal(back.logits, content.logits) and torch.equal(back.loss.dlogits, content.loss.dlogits)
+    assert torch.equal(back.logits, content.logits) and torch.equal(back.loss.grad, content.loss.grad)
     assert back.loss.loss == 0.25 and torch.equal(back.part["w"], content.part["w"]) and back.echo == content.echo
     assert back.score == content.score and back.calibration == content.calibration and back.meta == content.meta
     for meta in (NodeInfo(1, 2, 30, 8), LocalResult(30, 0.5), wire.CalibrationRequest("", 32, 8, 0.05),

@@ -29,8 +29,8 @@ def split_step(client, server, labels="server"):
     if labels == "server":
         _, grads = server.backward_from_labels([batch_labels])
     else:
-        _, dlogits = client.loss_and_logit_grad(logits[0])
-        grads = server.backward_from_logit_grads([dlogits])
+        _, dlogits = client.loss_and_grad(logits[0])
+        grads = server.backward_from_output_grads([dlogits])
     client.backward(grads[0])
 
 
@@ -65,6 +65,26 @@ def test_labels_on_the_client_give_the_same_training(data):
         split_step(ca, sa, "server")
         split_step(cb, sb, "client")
     assert max_diff(a, b) <= 1e-5
+
+
+def test_the_u_shaped_split_trains_like_the_centralized_trainer(data):
+    """The head on the client: the server sends its hidden state, the client's head and loss
+    give the gradient back; one step each, the same weights as one optimizer over it all."""
+    reference = new_model(data)
+    split = copy.deepcopy(reference)
+    steps = -(-len(data) // BATCH)
+    train_stage(reference, reference, data, Stage("full", MODULE_GROUPS, 1, LR), BATCH, SEED, progress=False)
+    optim = OptimConfig(LR, steps)
+    client = ClientRole(split, 0, data, batch_size=BATCH, seed=SEED, optim=optim, head=True)
+    server = ServerRole(split, 0, optim=optim, head=False)
+    for _ in range(steps):
+        acts, _ = client.forward()
+        hidden = server.forward([acts])
+        assert hidden[0].shape[-1] == split.lm_hidden  # not logits: the head is on the client
+        _, dhidden = client.loss_and_grad(hidden[0])
+        client.backward(server.backward_from_output_grads([dhidden])[0])
+    assert max_diff(reference, split) <= 1e-4
+    assert set(client.part_state()) - set(client.part.state_dict()) == {"head.head.weight"}
 
 
 def test_client_state_restores_mid_step(data):

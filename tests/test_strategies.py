@@ -196,3 +196,18 @@ def test_two_bit_activations_cost_an_eighth_of_fp16(runs):
     up = lambda report: report.ledger.totals()["up"]["activations"]  # noqa: E731
     assert up(learned)["ideal"] * 8 == up(fp16)["ideal"]
     assert up(learned)["serialized"] <= 0.13 * up(fp16)["serialized"]
+
+
+def test_the_u_shaped_split_keeps_the_head_and_the_labels_on_the_client():
+    """With one client, the same training as with the head at the server (with more, each
+    client's head learns from its own batches only, as its client part does)."""
+    report, _ = run(num_supernodes=1, labels="u-shaped", **{"save-model": True})
+    reference, _ = run(num_supernodes=1)
+    kinds = {(r.direction, r.kind) for r in report.ledger.rows}
+    assert ("up", "labels") not in kinds and ("down", "logits") not in kinds
+    hidden = [r for r in report.ledger.rows if r.direction == "down" and r.message_type == wire.LOGITS
+              and r.kind == "activations"]
+    assert hidden and all(r.elements % report.model.lm_hidden == 0 for r in hidden)  # the hidden state goes down
+    assert {"loss", "gradients"} <= {r.kind for r in report.ledger.rows if r.direction == "up"}
+    assert report.rounds[0].loss == pytest.approx(reference.rounds[0].loss, abs=1e-5)
+    assert report.rounds[0].accuracy == pytest.approx(reference.rounds[0].accuracy, abs=1e-3)

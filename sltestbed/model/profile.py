@@ -6,18 +6,23 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .split import ClientPart, parse_cut
+from .split import LABELS, ClientPart, parse_cut
 from .tinyllava import TinyLlava
 
 
 @torch.no_grad()
 def cut_profile(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.Tensor, labels: str = "server") -> list[dict]:
-    """One row per cut ('connector', 'lm:1', ...): client parameters, client forward FLOPs per
-    sample (counted by torch's FlopCounterMode), and elements per sample sent up (activations,
-    plus the label at the server or the head's input gradient in the U-shape) and down
-    (cut-layer gradients, plus the server's answer-position hidden state in the U-shape)."""
+    """One row per cut ('connector', 'lm:1', ...): client parameters (with the head, U-shaped),
+    client forward FLOPs per sample (counted by torch's FlopCounterMode), and elements per
+    sample sent up and down: the activations and their gradients, and what the label
+    protocol adds (labels at the server: the label up; at the client: the logits down, the
+    loss and d loss / d logits up; U-shaped: the hidden state at the answer position down,
+    the loss and its gradient up)."""
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
     batch = pixel_values.shape[0]
-    d = model.lm_hidden
+    out = {"server": 0, "client": model.config.vocab_size, "u-shaped": model.lm_hidden}[labels]
+    head = model.lm.lm_head.weight.numel() if labels == "u-shaped" else 0
     rows = []
     for k in range(model.num_lm_layers):
         cut = "connector" if k == 0 else f"lm:{k}"
@@ -26,14 +31,14 @@ def cut_profile(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.T
         with counter:
             feats = client.features(pixel_values, input_ids)
         per_sample = (feats.image[0].numel() + feats.text[0].numel())
-        u_shaped = labels == "client"
+        client_params = sum(p.numel() for p in client.parameters()) + head
         rows.append({
             "cut": cut,
-            "client_parameters": sum(p.numel() for p in client.parameters()),
-            "server_parameters": sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in client.parameters()),
+            "client_parameters": client_params,
+            "server_parameters": sum(p.numel() for p in model.parameters()) - client_params,
             "client_flops_per_sample": counter.get_total_flops() / batch,
-            "up_elements_per_sample": per_sample + (d if u_shaped else 1),
-            "down_elements_per_sample": per_sample + (d if u_shaped else 0),
+            "up_elements_per_sample": per_sample + (1 if labels == "server" else out + 1),
+            "down_elements_per_sample": per_sample + out,
         })
     return rows
 
@@ -48,7 +53,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Cut-layer profile of the model on a batch of a data set")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--dataset", default="digits-vqa")
-    p.add_argument("--labels", default="server", choices=("server", "client"))
+    p.add_argument("--labels", default="server", choices=LABELS)
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args(argv)
     ds = load_dataset(args.dataset)

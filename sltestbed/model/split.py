@@ -104,19 +104,24 @@ class HeadPart(nn.Module):
         return self.head(hidden)
 
 
+LABELS = ("server", "client", "u-shaped")  # where the labels (and the loss) live; U-shaped: the head too
+
+
 class SplitTinyLlava(nn.Module):
     """Client part, quantizers and server part (and head) in one process: the reference for
-    split training without a network, and the in-process quantized training."""
+    split training without a network, and the in-process quantized training. The head sits on
+    the server unless `labels` is "u-shaped" (with "client" only the loss moves, which
+    changes no number)."""
 
     def __init__(self, model: TinyLlava, cut: str | int = "connector", labels: str = "server"):
         super().__init__()
-        if labels not in ("server", "client"):
-            raise ValueError(f"labels must be 'server' or 'client', got {labels!r}")
+        if labels not in LABELS:
+            raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
         self.model = model
         self.cut_layers = parse_cut(cut, model.num_lm_layers)
         self.client = ClientPart(model, self.cut_layers)
-        self.server = ServerPart(model, self.cut_layers, with_head=labels == "server")
-        self.head = HeadPart(model) if labels == "client" else None
+        self.server = ServerPart(model, self.cut_layers, with_head=labels != "u-shaped")
+        self.head = HeadPart(model) if labels == "u-shaped" else None
 
     def forward(self, pixel_values, input_ids, lengths) -> tuple[torch.Tensor, torch.Tensor]:
         """(answer logits, summed distortion loss of the quantizers)."""
