@@ -38,7 +38,9 @@ class InProcessTransport(MessageTransport):
         super().__init__(ExperimentConfig.from_run_config(run_config))
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
-        self.run_id = uuid.uuid4().int >> 65  # unique per transport: it keys the ClientApp's cache
+        # unique per transport (it keys the ClientApp's cache), and always 63 bits long, so every
+        # run's messages encode to the same number of bytes
+        self.run_id = (1 << 62) | (uuid.uuid4().int >> 66)
         rng = random.Random(seed)  # node ids at random, as a SuperLink draws them
         self.contexts = {}
         while len(self.contexts) < num_supernodes:

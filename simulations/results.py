@@ -10,6 +10,8 @@ import platform
 from dataclasses import asdict
 from importlib.metadata import version
 
+from sltestbed.privacy import runs as privacy
+
 PACKAGES = ("flwr", "torch", "transformers", "numpy", "constriction", "sltestbed")
 
 
@@ -59,6 +61,9 @@ def write_results(directory: str, report, seconds: float) -> dict:
                                   for m, b in report.calibration["bits"].items()}
     if report.roundtrip:
         summary["roundtrip_benchmark"] = report.roundtrip
+    if report.privacy:
+        privacy.write(directory, report.privacy, report.privacy_images, report.observation, report.client_state)
+        summary["privacy"] = privacy.summary(report.privacy)
     with open(os.path.join(directory, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
@@ -77,6 +82,11 @@ def summary_table(summary: dict, directory: str) -> str:
     for direction, kinds in sorted(summary["bytes"].items(), key=lambda kv: kv[0] != "up"):
         for kind, cell in sorted(kinds.items()):
             lines.append(f"{direction:9s} {kind:12s} {cell['ideal']:>14,} {cell['serialized']:>17,}")
+    for level, row in summary.get("privacy", {}).items():
+        lines.append(f"\nattacks ({level}, {row['samples']} training samples; mean image {row['baseline_psnr']:.2f} dB):")
+        for attack, scores in row.items():
+            if isinstance(scores, dict):
+                lines.append(f"  {attack:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return "\n".join(lines)
 
 

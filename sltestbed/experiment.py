@@ -18,6 +18,7 @@ from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES, implied_bi
 from .trainer import MODULE_GROUPS
 
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
+ATTACKS = ("none", "inversion", "all")  # after training: none; learned inversion, tokens, labels; and optimisation
 CACHE_DIR = os.path.join(".cache", "sltestbed")  # where base models are cached (relative: to the working directory)
 
 
@@ -55,6 +56,10 @@ class ExperimentConfig:
     fault: str = ""  # testing hook: "raise:P:R:S" or "stall:P:R:S" (partition P, round R, step S)
     benchmark_roundtrips: int = 0  # N > 0: N bare Flower round trips after training, to compare a step with
     save_model: bool = False  # write the trained model (server part + a client's part) to <run>/model
+    attack: str = "none"  # after training, attacks on what the server received: none, inversion, all
+    public_size: int = 300  # images of the public slice the attacker knows (drawn from the held-out split)
+    attack_samples: int = 512  # training samples the server keeps for the attacks (whole batches, seeded)
+    attack_steps: int = 1500  # the learned inversion's optimizer steps (the same at every width)
     output_dir: str = "results"
     run_name: str = ""
     cache_dir: str = CACHE_DIR
@@ -139,6 +144,11 @@ class ExperimentConfig:
         except ValueError as exc:
             raise ValueError(f"run config 'cut': {exc}") from None
         at_least("benchmark-roundtrips", self.benchmark_roundtrips, 0)
+        choose("attack", self.attack, ATTACKS)
+        for key in ("public-size", "attack-samples", "attack-steps"):
+            at_least(key, getattr(self, key.replace("-", "_")), 1)
+        if self.attack != "none" and self.strategy == "fedavg":
+            raise ValueError("run config 'attack' attacks what crosses the cut; strategy 'fedavg' has no cut")
         if self.fault:
             self.fault_spec  # parses, or raises naming the key
         if self.base not in ("auto", "none") and not os.path.isdir(self.base):

@@ -50,13 +50,27 @@ def client_data(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -
                         partition_id, num_partitions)
 
 
+def client_records(cfg: ExperimentConfig, partition_id: int, num_partitions: int):
+    """One client's training partition and test shard as data-set records (image ids, text)."""
+    return _client_records(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.image_size, cfg.partitioner, cfg.alpha,
+                           partition_id, num_partitions)
+
+
 @functools.lru_cache(maxsize=16)
-def _client_data(dataset, seed, test_fraction, image_size, partitioner, alpha, partition_id, num_partitions):
-    train, test, _, collator = load_splits(dataset, seed, test_fraction, image_size)
+def _client_records(dataset, seed, test_fraction, image_size, partitioner, alpha, partition_id, num_partitions):
+    train, test, _, _ = load_splits(dataset, seed, test_fraction, image_size)
     options = {"alpha": alpha, "min_partition_size": 1} if partitioner == "dirichlet" else {}
     mine = load_partition(train, partition_id, num_partitions, partitioner, seed=seed, **options)
     shard = load_partition(test, partition_id, num_partitions, "iid", seed=seed)
     if len(mine) == 0:
         raise ValueError(f"partition {partition_id} of {num_partitions} is empty")
+    return mine, shard
+
+
+@functools.lru_cache(maxsize=16)
+def _client_data(dataset, seed, test_fraction, image_size, partitioner, alpha, partition_id, num_partitions):
+    mine, shard = _client_records(dataset, seed, test_fraction, image_size, partitioner, alpha, partition_id,
+                                  num_partitions)
+    collator = load_splits(dataset, seed, test_fraction, image_size)[3]
     qtypes = list(_question_types(dataset, seed, test_fraction, image_size))
     return TensorData(mine, collator, qtypes), TensorData(shard, collator, qtypes)

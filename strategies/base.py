@@ -25,7 +25,11 @@ from sltestbed.scoring import Scores
 from sltestbed.trainer import OptimConfig
 from sltestbed.wire import Content, StepMeta
 
+from sltestbed.privacy import Observation
+from sltestbed.privacy.runs import attack_run
+
 from .benchmark import roundtrip_benchmark
+from .observer import Observer
 from .setup import Client, RunSetup
 from .transport import Failure, Transport, exchange
 
@@ -57,6 +61,10 @@ class RunReport:
     round_trips: int
     roundtrip: dict = field(default_factory=dict)  # the round-trip benchmark, when asked for
     model: TinyLlava | None = None  # the trained model, with save-model
+    privacy: dict = field(default_factory=dict)  # the attacks' report, with attack != none
+    privacy_images: dict = field(default_factory=dict)  # per knowledge level, first images and reconstructions
+    observation: Observation | None = None  # what the server kept for the attacks
+    client_state: dict | None = None  # the client weights the protocol sent the server (the white-box level)
 
 
 class Outbox:
@@ -88,6 +96,8 @@ class Strategy:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.outbox = Outbox()
         self.step_seconds: list[float] = []  # wall time of each training step (its round trips included)
+        self.observer: Observer | None = None  # with attack != none, made at the first step
+        self.parts_seen: dict[int, dict] = {}  # node -> the last client weights it sent the server
 
     # --- messages ---------------------------------------------------------------------------
     def meta(self, round: int, step: int) -> StepMeta:
@@ -125,7 +135,13 @@ class Strategy:
         share one are joined into one batch. Returns the step's mean loss (None if no client
         answered); the gradients wait in the outbox."""
         started = time.perf_counter()
+        if self.cfg.attack != "none" and self.observer is None:
+            self.observer = Observer(self.cfg, self.clients, self.client_batch, self.log)
+        for c in clients if self.observer else ():
+            self.observer.sent(c.node_id)
         replies = self.exchange({c.node_id: self.outbox.request(c.node_id, wire.STEP) for c in clients}, rnd, step)
+        for node, content in replies.items() if self.observer else ():
+            self.observer.received(rnd, step, node, content)
         if not replies:
             return None
         groups: dict[int, tuple] = {}
@@ -140,6 +156,8 @@ class Strategy:
         if self.cfg.labels != "server":
             answers = self.exchange({n: (wire.LOGITS, self.output_content(out)) for n, out in logits_of.items()},
                                     rnd, step)
+            for n, answer in answers.items() if self.observer else ():
+                self.observer.answered(rnd, step, n, logits_of[n], answer.loss.grad)
         losses, sizes = [], []
         for server, members in groups.values():
             nodes = [n for n, _ in members]
@@ -161,10 +179,14 @@ class Strategy:
         self.step_seconds.append(time.perf_counter() - started)
         return sum(losses) / sum(sizes) if sizes else None
 
-    def collect_parts(self, rnd: int, clients: list[Client]) -> dict[int, dict]:
-        """Client-part weights from `clients` (their pending gradients applied first)."""
+    def collect_parts(self, rnd: int, clients: list[Client], protocol: bool = True) -> dict[int, dict]:
+        """Client-part weights from `clients` (their pending gradients applied first).
+        `protocol`: the strategy's own hand-over or averaging (the server then knows them)."""
         replies = self.exchange({c.node_id: self.outbox.request(c.node_id, wire.PART) for c in clients}, rnd, -1)
-        return {node: content.part for node, content in replies.items()}
+        parts = {node: content.part for node, content in replies.items()}
+        if protocol:
+            self.parts_seen.update(parts)
+        return parts
 
     def average_client_parts(self, rnd: int, clients: list[Client]) -> list[int]:
         """FedAvg of `clients`' parts (weighted by their training samples), to every client with
@@ -221,7 +243,7 @@ class Strategy:
         clients each keep their own part: the first client's is used)."""
         model = self.server.model
         for client in self.clients:
-            parts = self.collect_parts(self.cfg.num_rounds, [client])
+            parts = self.collect_parts(self.cfg.num_rounds, [client], protocol=False)
             if client.node_id in parts:
                 load_client_state(model, ClientPart(model, self.cfg.cut_layers), parts[client.node_id])
                 return model
@@ -249,5 +271,23 @@ class Strategy:
                      f"{roundtrip['bare_roundtrip_median_s'] * 1e3:.1f} ms, ratio {roundtrip['ratio']:.2f} "
                      f"({roundtrip['roundtrips_per_step']} round trip(s) per step)")
         model = self.trained_model() if self.cfg.save_model else None
-        return RunReport(self.cfg, self.setup.base_dir, self.clients, self.setup.calibration, ledger, self.rounds,
-                         self.failures, self.transport.round_trips, roundtrip, model)
+        report = RunReport(self.cfg, self.setup.base_dir, self.clients, self.setup.calibration, ledger, self.rounds,
+                           self.failures, self.transport.round_trips, roundtrip, model)
+        if self.cfg.attack != "none":
+            self.attack(report)
+        return report
+
+    def attack(self, report: RunReport) -> None:
+        """After training: the attacks on what the server kept, at the public-base level and,
+        where the protocol sent client weights through the server, white-box."""
+        report.observation = self.observer.observation() if self.observer else None
+        if report.observation is None:
+            self.log("attacks: no training batch was kept, nothing to attack")
+            return
+        seen = sorted(self.parts_seen, key=lambda n: next(c.partition for c in self.clients if c.node_id == n))
+        report.client_state = self.parts_seen[seen[0]] if seen else None
+        started = time.perf_counter()
+        report.privacy, report.privacy_images = attack_run(self.cfg, report.observation,
+                                                           self.setup.base or self.setup.new_model(),
+                                                           report.client_state, self.clients, self.log)
+        self.log(f"attacks: done in {time.perf_counter() - started:.0f} s")

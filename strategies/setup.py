@@ -27,6 +27,7 @@ class Client:
     partition: int
     train_size: int
     test_size: int
+    num_partitions: int = 1
 
 
 @dataclass
@@ -66,8 +67,8 @@ def discover(transport: Transport, failures: list[Failure], log=print) -> list[C
     if not nodes:
         raise RuntimeError("no SuperNodes are connected")
     replies = exchange(transport, {n: (wire.INFO, Content()) for n in nodes}, 0, 0, failures, log)
-    clients = sorted((Client(node, c.meta.partition, c.meta.train_size, c.meta.test_size) for node, c in replies.items()),
-                     key=lambda c: c.partition)
+    clients = sorted((Client(node, c.meta.partition, c.meta.train_size, c.meta.test_size, c.meta.num_partitions)
+                      for node, c in replies.items()), key=lambda c: c.partition)
     if not clients:
         raise RuntimeError("no SuperNode answered the first message")
     transport.partitions = {c.node_id: c.partition for c in clients}

@@ -1,0 +1,88 @@
+"""Label inference: each training sample's answer, from what the server receives.
+
+labels at the server: they arrive with the activations; nothing to infer.
+labels at the client (logits down, d loss / d logits up): with cross-entropy,
+    d loss / d logits = (softmax(logits) - onehot(y)) / B,
+so the label is the only negative entry of its row: exact. (Were p_y to round to 1, the row
+would have no negative entry; the server's own top logit answers then.)
+U-shaped (head and loss on the client; up goes g = d loss / d h for the server's output h at
+the answer position): g = W^T (softmax(W h) - onehot(y)) / B, with W the client's head.
+    head direction attack: the server knows h (its own forward value) and the public base
+        model's head W0 (level "public-base"; the client fine-tunes it from there), so for
+        each candidate answer c it predicts the direction W0^T (softmax(W0 h) - onehot(c))
+        and names the candidate with the highest cosine similarity to g. Candidates: the
+        answers seen in the auxiliary data.
+    pairwise direction attack (Li et al. 2022, no knowledge needed): two samples have the
+        same label iff their gradients' cosine similarity is positive.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from .observation import InferredLabels, Knowledge, Observation
+
+
+def labels_from_logit_grads(logit_grads: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+    """The label of each row of d loss / d logits (B x V): its only negative entry."""
+    low = logit_grads.min(-1)
+    labels = low.indices.clone()
+    if logits is not None:
+        none = low.values >= 0
+        labels[none] = logits[none].argmax(-1)
+    return labels
+
+
+def labels_from_hidden_grads(grads: torch.Tensor, hidden: torch.Tensor, head_weight: torch.Tensor,
+                             candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """The head direction attack (module doc): grads and hidden B x d, head_weight V x d, the
+    candidate answer ids (default: the whole vocabulary). Returns B answer ids."""
+    weight = head_weight.detach().float()
+    if candidates is None:
+        candidates = torch.arange(weight.shape[0])
+    probs = torch.softmax(hidden.detach().float() @ weight.T, -1)
+    expected = (probs @ weight).unsqueeze(1) - weight[candidates].unsqueeze(0)  # B x C x d
+    score = nn.functional.cosine_similarity(grads.detach().float().unsqueeze(1), expected, dim=-1)
+    return candidates[score.argmax(-1)]
+
+
+def same_label_pairs(grads: torch.Tensor) -> torch.Tensor:
+    """Li et al.'s direction attack: B x B, True where two gradients point the same way."""
+    unit = nn.functional.normalize(grads.detach().float(), dim=-1)
+    return unit @ unit.T > 0
+
+
+def pairwise_accuracy(predicted_same: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(accuracy of the same-label guesses over distinct pairs, that of always guessing the
+    more common answer, "same" or "different")."""
+    truth = labels.unsqueeze(0) == labels.unsqueeze(1)
+    off = ~torch.eye(len(labels), dtype=torch.bool)
+    accuracy = float((predicted_same == truth)[off].float().mean())
+    same = float(truth[off].float().mean())
+    return accuracy, max(same, 1 - same)
+
+
+def answer_candidates(knowledge: Knowledge) -> torch.Tensor:
+    """The answers the server has seen in the auxiliary data."""
+    return torch.unique(knowledge.aux.labels)
+
+
+def infer_labels(observation: Observation, knowledge: Knowledge,
+                 head_weight: torch.Tensor | None = None) -> InferredLabels:
+    """Every observed sample's label, by the attack that fits where the labels are."""
+    started = time.perf_counter()
+    batches = observation.batches
+    if observation.labels == "server":
+        labels, name = torch.cat([b.labels for b in batches]), "labels-at-server"
+    elif observation.labels == "client":
+        labels = torch.cat([labels_from_logit_grads(b.logit_grads, b.logits) for b in batches])
+        name = "logit-gradient"
+    else:
+        weight = knowledge.base.lm.lm_head.weight if head_weight is None else head_weight
+        candidates = answer_candidates(knowledge)
+        labels = torch.cat([labels_from_hidden_grads(b.hidden_grads, b.hidden, weight, candidates) for b in batches])
+        name = "head-direction"
+    return InferredLabels(name, labels, observation.indices, time.perf_counter() - started)

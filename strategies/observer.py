@@ -1,0 +1,80 @@
+"""What an honest-but-curious server keeps of what it receives, for the attacks after training.
+
+A seeded reservoir sample of whole training batches of the final round (whole: the learned
+quantizer normalises with per-batch statistics), at most `attack-samples` samples: per batch
+the payloads as they arrived, the question lengths, and what the label protocol brought (the
+labels; or the logits the server sent and d loss / d logits; or, U-shaped, the hidden state
+and its gradient). Nothing is asked of the clients: to score an attack, the rows of each kept
+batch are recomputed from the client's seeded batch order (the server knows every client's
+seed, data size and batch size) and checked against the question lengths that came with it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sltestbed.privacy import Observation, ObservedBatch
+from sltestbed.roles import BatchCursor
+from sltestbed.splits import client_data
+
+
+class Observer:
+    def __init__(self, cfg, clients, batch_size: int, log=print):
+        self.cfg, self.log = cfg, log
+        self.clients = {c.node_id: c for c in clients}
+        self.offset, total = {}, 0  # a client's rows in the concatenation of every client's data
+        for c in sorted(clients, key=lambda c: c.partition):
+            self.offset[c.node_id], total = total, total + c.train_size
+        self.cursors = {c.node_id: BatchCursor(c.train_size, batch_size, cfg.seed + c.partition) for c in clients}
+        self.slots = max(1, cfg.attack_samples // batch_size)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.seen = 0  # candidate batches so far
+        self.kept: list[tuple[int, int, ObservedBatch]] = []  # (node, step, batch), at most `slots`
+        self.rows: dict[int, torch.Tensor] = {}
+        self.mismatched = 0
+
+    def sent(self, node: int) -> None:
+        """A training step was requested of `node`: it draws its next batch."""
+        self.rows[node] = self.cursors[node].next()
+
+    def received(self, rnd: int, step: int, node: int, content) -> None:
+        """`node`'s activations of this step came in (labels at the server, its labels too)."""
+        if rnd != self.cfg.num_rounds:
+            return
+        c = self.clients[node]
+        rows = self.rows[node]
+        true_lengths = client_data(self.cfg, c.partition, c.num_partitions)[0].lengths[rows]
+        if not torch.equal(true_lengths, content.batch.lengths):
+            self.mismatched += 1
+            return
+        batch = ObservedBatch(rows + self.offset[node], dict(content.acts), content.batch.lengths,
+                              labels=content.batch.labels)
+        self.seen += 1
+        if len(self.kept) < self.slots:
+            self.kept.append((node, step, batch))
+        else:
+            j = int(torch.randint(self.seen, (1,), generator=self.generator))
+            if j < self.slots:
+                self.kept[j] = (node, step, batch)
+
+    def answered(self, rnd: int, step: int, node: int, output: torch.Tensor, grad: torch.Tensor) -> None:
+        """Labels at the client: what the server sent down and the gradient that came back."""
+        for n, s, batch in self.kept:
+            if (n, s) == (node, step) and rnd == self.cfg.num_rounds:
+                if self.cfg.labels == "client":
+                    batch.logits, batch.logit_grads = output.detach(), grad
+                else:
+                    batch.hidden, batch.hidden_grads = output.detach(), grad
+
+    def observation(self) -> Observation | None:
+        """The kept batches in partition and step order (None when none were kept)."""
+        kept = sorted(self.kept, key=lambda k: (self.clients[k[0]].partition, k[1]))
+        batches = [b for _, _, b in kept]
+        if self.cfg.labels != "server":  # a batch whose loss never came is of no use to the label attacks
+            batches = [b for b in batches if (b.logit_grads if self.cfg.labels == "client" else b.hidden_grads)
+                       is not None]
+        if self.mismatched:
+            self.log(f"attacks: {self.mismatched} batch(es) left out (their rows did not match their question lengths)")
+        if not batches:
+            return None
+        return Observation(batches, self.cfg.quantizer, dict(self.cfg.widths), self.cfg.labels)

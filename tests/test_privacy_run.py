@@ -1,0 +1,83 @@
+"""The attacks in a run: what the server keeps, what is written, and running them again."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from simulations.in_process import run_in_process
+from simulations.results import write_results
+from sltestbed.experiment import ExperimentConfig
+from sltestbed.privacy import __main__ as rerun
+from sltestbed.privacy import runs
+
+CONFIG = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.9, "attack": "inversion",
+          "attack-steps": 60, "public-size": 60, "attack-samples": 100}
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    report, _ = run_in_process({**CONFIG, "strategy": "sequential", "labels": "client"})
+    directory = tmp_path_factory.mktemp("run") / "run"
+    write_results(str(directory), report, 1.0)
+    return report, directory
+
+
+def test_the_server_keeps_a_bounded_sample_of_whole_training_batches(attacked):
+    report, _ = attacked
+    observation = report.observation
+    batch = 64  # sequential: the clients' batch is the run's
+    assert len(observation.batches) == CONFIG["attack-samples"] // batch  # whole batches, no more than the bound
+    assert len(observation) <= CONFIG["attack-samples"] and all(len(b) <= batch for b in observation.batches)
+    stored = sum(p.fields[0].data.numel() * p.fields[0].data.element_size()
+                 for b in observation.batches for p in b.payloads.values())
+    per_sample = max(sum(p.numel for p in b.payloads.values()) / len(b) for b in observation.batches)
+    assert stored <= CONFIG["attack-samples"] * per_sample  # one byte a 2-bit code, unpacked
+    # each kept batch is named by its rows of the clients' data, checked against its question lengths
+    truth = runs.client_truth(report.cfg, report.clients)
+    for b in observation.batches:
+        assert torch.equal(truth.lengths[b.indices], b.lengths)
+        assert b.logits is not None and b.logit_grads is not None  # labels at the client: what came back
+
+
+def test_the_run_writes_its_attacks(attacked):
+    report, directory = attacked
+    privacy = json.loads((directory / runs.PRIVACY_FILE).read_text())
+    summary = json.loads((directory / "summary.json").read_text())
+    assert set(privacy["levels"]) == {"public-base", "white-box"}  # sequential sends the client part through the server
+    for level in privacy["levels"].values():
+        assert set(level["attacks"]) == {"learned-inversion", "nearest-token", "learned-token", "labels"}
+        assert level["attacks"]["labels"]["accuracy"] == 1.0  # d loss / d logits give every label away
+        assert level["attacks"]["learned-inversion"]["samples"] == len(report.observation)
+    assert summary["privacy"]["public-base"]["labels"] == {"accuracy": 1.0}
+    images = np.load(directory / runs.RECONSTRUCTIONS_FILE)
+    assert images["public-base/truth"].shape == images["public-base/learned-inversion"].shape == (8, 3, 8, 8)
+    assert images["public-base/truth"].dtype == np.uint8
+
+
+def test_the_attacks_run_again_from_the_run_directory_with_the_same_numbers(attacked, tmp_path):
+    _, directory = attacked
+    assert rerun.main([str(directory), "--out", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / runs.PRIVACY_FILE).read_text())
+    first = json.loads((directory / runs.PRIVACY_FILE).read_text())
+
+    def numbers(report):  # everything but timings
+        return {level: {a: {k: v for k, v in r.items() if k != "seconds"} for a, r in rep["attacks"].items()}
+                for level, rep in report["levels"].items()}
+
+    assert numbers(again) == numbers(first)
+
+
+def test_a_run_directory_without_what_the_server_kept_is_named(tmp_path, capsys):
+    assert rerun.main([str(tmp_path)]) == 2
+    assert "observation.pt" in capsys.readouterr().err
+
+
+def test_attack_settings_are_checked():
+    with pytest.raises(ValueError, match="'attack'"):
+        ExperimentConfig.from_run_config({"attack": "everything"})
+    with pytest.raises(ValueError, match="no cut"):
+        ExperimentConfig.from_run_config({"attack": "inversion", "strategy": "fedavg"})
+    with pytest.raises(ValueError, match="'public-size'"):
+        ExperimentConfig.from_run_config({"attack": "inversion", "public-size": 0})
