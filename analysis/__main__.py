@@ -1,10 +1,13 @@
 """python -m analysis RUNS_DIR [RUNS_DIR ...] --out DIR [--network 4g wifi ethernet NAME=UP,DOWN,RTT] [--note TEXT]
 
 Writes comm_table.{csv,md,tex}, network_time.{csv,md}, accuracy_vs_bits.{png,pdf},
-accuracy_vs_bytes.{png,pdf} and, when a run chose its bits by calibration, entropy.{png,pdf};
-prints the tables. Accuracies are means over seeds with 95% Student t intervals; comparisons
-with fp32 are paired by seed (see analysis/stats.py). `--note` (for instance the machine the
-runs were measured on) is added to the figures' titles and the tables' captions.
+accuracy_vs_bytes.{png,pdf}, entropy.{png,pdf} when a run chose its bits by calibration and,
+when a run holds privacy.json (attacks after training), privacy_table.{csv,md,tex},
+privacy_vs_bits.{png,pdf}, reconstructions.{png,pdf} (one more per further data set) and
+tradeoff.{png,pdf}; prints the tables. Accuracies and attack scores are means over seeds with
+95% Student t intervals; comparisons with fp32 are paired by seed (see analysis/stats.py).
+`--note` (for instance the machine the runs were measured on) is added to the figures' titles
+and the tables' captions.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import comm_table, network, plots
+from . import comm_table, network, plots, privacy, privacy_plots
 from .runs import load_runs
 
 
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = comm_table.comm_table(runs)
         times = network.network_table(runs, links)
+        leakage = privacy.privacy_table(runs) if any(r.privacy for r in runs) else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -55,11 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     auto = [r for r in runs if r.calibration]
     if auto:
         written += plots.entropy_figure(sorted(auto, key=lambda r: r.seed)[0], out, note)
+    if leakage is not None:
+        leakage_caption = privacy.CAPTION + (f" {note}." if note else "")
+        written += privacy.write_table(leakage, out, caption=leakage_caption)
+        try:
+            written += privacy_plots.privacy_vs_bits(leakage, runs, out, note)
+            written += privacy_plots.reconstructions(runs, out, note)
+            written += privacy_plots.tradeoff(leakage, runs, out, note)
+        except ValueError as exc:  # an unreadable reconstructions.npz
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(caption)
     print(comm_table.shown(table).to_markdown(index=False, disable_numparse=True))
     print()
     print("Communication time per round: " + "; ".join(link.describe() for link in links))
     print(shown_times.to_markdown(index=False, disable_numparse=True))
+    if leakage is not None:
+        print()
+        print(leakage_caption)
+        print(privacy.shown(leakage).to_markdown(index=False, disable_numparse=True))
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -215,14 +215,15 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "comm_table", caption: str = "") -> list[Path]:
+def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "comm_table", caption: str = "",
+                show=None) -> list[Path]:
     """`<stem>.csv` (every column, full precision), `.md` and `.tex` (the shown columns, under
-    the caption)."""
+    the caption; `show(table)` gives them, `shown` by default)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
     table.to_csv(paths[0], index=False)
-    text = shown(table)
+    text = (show or shown)(table)
     paths[1].write_text((caption + "\n\n" if caption else "") + text.to_markdown(index=False, disable_numparse=True)
                         + "\n")
     latex = text.to_latex(index=False, caption=caption or None, label=f"tab:{stem}", escape=True)

@@ -8,9 +8,17 @@ analysis reads, is an error naming the directory and the file.
 
 A run's *settings* are its config less the keys a comparison with fp32 varies (the
 quantizer, its bits, entropy coding: `COMPRESSION_KEYS`), the strategy and the seed (kept
-apart) and the keys that only say where and how a run was written (`BOOKKEEPING_KEYS`). Runs
-are grouped, and paired with fp32, only within the same settings; `Run.settings` names the
-keys in which a set of runs differs (empty when they all share them).
+apart), the keys that only say where and how a run was written (`BOOKKEEPING_KEYS`) and the
+keys of the attacks after training (`ATTACK_KEYS`: the attacks ask nothing of the clients, so
+a run with them trains, sends and scores as one without). Runs are grouped, and paired with
+fp32, only within the same settings; `Run.settings` names the keys in which a set of runs
+differs (empty when they all share them). The privacy analysis (`analysis.privacy`) groups
+by the attack keys too.
+
+A run whose config set `attack` also holds `privacy.json` (`Run.privacy`, checked here for
+what the privacy analysis reads: `PRIVACY_KEYS`, `LEVEL_KEYS`, `BASELINE_KEYS` and per kind of
+attack `ATTACK_SCORES`) and `reconstructions.npz` (read by the figures). A run without
+privacy.json has `privacy` None.
 """
 
 from __future__ import annotations
@@ -30,12 +38,25 @@ COMPRESSION_KEYS = ("quantizer", "bits", "image-bits", "text-bits", "entropy-cod
                     "auto-max-rel-mse")
 BOOKKEEPING_KEYS = ("strategy", "seed", "output-dir", "run-name", "cache-dir", "save-model",
                     "benchmark-roundtrips", "step-timeout")
+# the attacks after training (they change nothing of the training, see the module doc)
+ATTACK_KEYS = ("attack", "public-size", "attack-samples", "attack-steps")
 # what the analysis reads from each file
 SUMMARY_KEYS = ("accuracy", "strategy", "quantizer", "bits", "entropy_coding", "seed")
 CONFIG_KEYS = ("num-rounds", "local-epochs", "dataset")
 LEDGER_COLUMNS = ("round", "step", "client", "direction", "kind", "elements", "bits", "ideal_bytes",
                   "serialized_bytes", "message_bytes", "message_type")
 METRICS_COLUMNS = ("round", "accuracy")
+PRIVACY_FILE = "privacy.json"
+RECONSTRUCTIONS_FILE = "reconstructions.npz"
+PRIVACY_KEYS = ("attack", "levels")
+LEVEL_KEYS = ("quantizer", "widths", "labels", "samples", "baselines", "attacks")
+BASELINE_KEYS = ("mse", "psnr", "ssim")  # of the mean-image guess, in baselines["mean_image"]
+# the attacks by kind, and the scores each kind must have; an attack of another name is of
+# the kind whose first score it has, and left out when it has none
+ATTACK_KINDS = {"image": ("learned-inversion", "rmle", "unsplit"), "text": ("nearest-token", "learned-token"),
+                "labels": ("labels",)}
+ATTACK_SCORES = {"image": ("mse", "psnr", "ssim", "baseline"), "text": ("token_accuracy", "baseline_accuracy"),
+                 "labels": ("accuracy", "chance", "majority_baseline")}
 
 
 @dataclass
@@ -47,6 +68,7 @@ class Run:
     metrics: pd.DataFrame
     clients: list[dict]
     calibration: dict | None
+    privacy: dict | None = None  # privacy.json, for a run with attacks
     settings: str = ""  # the settings in which it differs from the other runs analysed with it
 
     @property
@@ -80,8 +102,14 @@ class Run:
         return (self.strategy, self.quantizer, self.bits, self.entropy_coding, self.settings)
 
     def settings_of(self) -> dict:
-        """The config less the compression, strategy, seed and bookkeeping keys (module doc)."""
-        return {k: v for k, v in self.config.items() if k not in COMPRESSION_KEYS + BOOKKEEPING_KEYS}
+        """The config less the compression, strategy, seed, bookkeeping and attack keys (module doc)."""
+        return {k: v for k, v in self.config.items() if k not in COMPRESSION_KEYS + BOOKKEEPING_KEYS + ATTACK_KEYS}
+
+    @property
+    def reconstructions(self) -> Path | None:
+        """reconstructions.npz, where the run has one."""
+        path = self.directory / RECONSTRUCTIONS_FILE
+        return path if path.is_file() else None
 
     @property
     def epochs(self) -> int:
@@ -183,8 +211,64 @@ def load_run(directory: str | Path) -> Run:
         raise ValueError(f"{directory / 'ledger.csv'}: direction must be up or down, found {', '.join(map(str, bad))}")
     metrics = _csv(directory / "metrics.csv", METRICS_COLUMNS)
     calibration = directory / "calibration.json"
+    privacy = directory / PRIVACY_FILE
     return Run(directory, config["config"], summary, ledger, metrics, clients,
-               _json(calibration) if calibration.is_file() else None)
+               _json(calibration) if calibration.is_file() else None,
+               privacy=read_privacy(privacy) if privacy.is_file() else None)
+
+
+def attack_kind(name: str, scores: dict) -> str | None:
+    """"image", "text" or "labels" (module doc); None for an attack of no known kind."""
+    for kind, names in ATTACK_KINDS.items():
+        if name in names:
+            return kind
+    for kind, keys in ATTACK_SCORES.items():
+        if keys[0] in scores:
+            return kind
+    return None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_privacy(path: Path) -> dict:
+    """privacy.json read back; ValueError naming the file and what it lacks (module doc)."""
+    report = _json(path)
+    lacking = [k for k in PRIVACY_KEYS if k not in report]
+    if lacking:
+        raise ValueError(f"{path} lacks {', '.join(repr(k) for k in lacking)}")
+    if not isinstance(report["levels"], dict) or not report["levels"]:
+        raise ValueError(f"{path}: 'levels' must map each knowledge level to its report, found {report['levels']!r}")
+    for level, rep in report["levels"].items():
+        where = f"{path}, level {level!r}"
+        if not isinstance(rep, dict):
+            raise ValueError(f"{where} is not a JSON object")
+        lacking = [k for k in LEVEL_KEYS if k not in rep]
+        if lacking:
+            raise ValueError(f"{where} lacks {', '.join(repr(k) for k in lacking)}")
+        if not isinstance(rep["widths"], dict):
+            raise ValueError(f"{where}: 'widths' must map each modality to its bits")
+        mean_image = rep["baselines"].get("mean_image") if isinstance(rep["baselines"], dict) else None
+        if not isinstance(mean_image, dict) or any(not _number(mean_image.get(k)) for k in BASELINE_KEYS):
+            raise ValueError(f"{where} lacks the mean-image baseline (baselines.mean_image with "
+                             f"{', '.join(BASELINE_KEYS)})")
+        if not isinstance(rep["attacks"], dict):
+            raise ValueError(f"{where}: 'attacks' must map each attack to its scores")
+        for name, scores in rep["attacks"].items():
+            if not isinstance(scores, dict):
+                raise ValueError(f"{where}, attack {name!r} is not a JSON object")
+            kind = attack_kind(name, scores)
+            if kind is None:
+                continue
+            lacking = [k for k in ATTACK_SCORES[kind] if k not in scores]
+            if kind == "image" and "baseline" in scores and not (
+                    isinstance(scores["baseline"], dict) and all(_number(scores["baseline"].get(k))
+                                                                 for k in BASELINE_KEYS)):
+                lacking.append("baseline (" + ", ".join(BASELINE_KEYS) + ")")
+            if lacking:
+                raise ValueError(f"{where}, attack {name!r} lacks {', '.join(repr(k) for k in lacking)}")
+    return report
 
 
 def label_settings(runs: list[Run]) -> list[Run]:
@@ -221,6 +305,12 @@ def check_unique_seeds(runs: list[Run]) -> None:
     for run in runs:
         key = (run.group[:2] + (str(run.bits),) + run.group[3:], run.seed)
         if key in seen:
-            raise ValueError(f"two runs of one setting with the same seed {run.seed}: {seen[key]} and "
-                             f"{run.directory}")
-        seen[key] = run.directory
+            other = seen[key]
+            why = ""
+            differ = [k for k in ATTACK_KEYS if other.config.get(k) != run.config.get(k)]
+            if differ:  # the same training attacked twice
+                why = (f" (they differ in {', '.join(differ)}: attack keys, which change no training, so "
+                       "this is one training counted twice; analyse them apart)")
+            raise ValueError(f"two runs of one setting with the same seed {run.seed}: {other.directory} and "
+                             f"{run.directory}{why}")
+        seen[key] = run
