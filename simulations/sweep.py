@@ -20,8 +20,9 @@ A sweep file (TOML):
     strategy = "fedavg"            # a point's own strategy replaces the list
     quantizer = "fp32"
 
-Every point is validated before the first run starts. A point whose `<out>/<name>/summary.json`
-exists is skipped, so a sweep that was interrupted finishes only the missing points when run
+Every point is validated before the first run starts. `--jobs K` runs K points at a time, each
+worker on a simulation SuperLink of its own (the points are independent seeded runs: their
+numbers are the serial ones). A point whose `<out>/<name>/summary.json` exists is skipped, so a sweep that was interrupted finishes only the missing points when run
 again. `<out>/sweep.json` lists the points and how each went.
 """
 
@@ -32,6 +33,7 @@ import itertools
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,34 +82,56 @@ def done(out: Path, name: str) -> bool:
 
 
 def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpus_per_client: float = 1,
-              timeout: float = 3600, work_dir: Path | None = None, log=print) -> dict[str, str]:
-    """Run the points not yet done on one simulation SuperLink; return {name: status}."""
+              timeout: float = 3600, work_dir: Path | None = None, log=print, jobs: int = 1) -> dict[str, str]:
+    """Run the points not yet done; return {name: status}. `jobs` points run at once, each
+    worker on a simulation SuperLink of its own (the points are independent runs, each with
+    its own seed: running them side by side changes no number)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     out.mkdir(parents=True, exist_ok=True)
     todo = [(n, c) for n, c in named if not done(out, n)]
     status = {n: "done before" for n, _ in named if done(out, n)}
-    log(f"sweep: {len(named)} points, {len(status)} already done, {len(todo)} to run; results in {out}")
+    log(f"sweep: {len(named)} points, {len(status)} already done, {len(todo)} to run"
+        f"{f', {jobs} at a time' if jobs > 1 else ''}; results in {out}")
     _write_index(out, named, status)
     if not todo:
         return status
     work = work_dir or Path.cwd() / ".flwr_runs" / ("sweep-" + time.strftime("%Y%m%d-%H%M%S"))
     started = time.perf_counter()
-    with simulation_superlink(work) as link:
-        for k, (name, cfg) in enumerate(todo, 1):
-            t0 = time.perf_counter()
-            log(f"[{k}/{len(todo)}] {name}")
-            result = link.submit(APP_DIR, cfg, supernodes, {"client-resources-num-cpus": cpus_per_client}, timeout,
-                                 echo=_echo(k, len(todo), log))
-            seconds = time.perf_counter() - t0
-            if result.ok and done(out, name):
-                summary = json.loads((out / name / "summary.json").read_text())
-                status[name] = "ok"
-                left = (time.perf_counter() - started) / k * (len(todo) - k)
-                log(f"[{k}/{len(todo)}] {name}: accuracy {summary['accuracy']:.4f} in {seconds:.0f} s "
-                    f"(about {left / 60:.0f} min left)")
-            else:
-                status[name] = f"failed: {result.status} {result.status_details}".strip()
-                log(f"[{k}/{len(todo)}] {name}: {status[name]}\n{result.stderr[-2000:]}")
-            _write_index(out, named, status)
+    queue = list(enumerate(todo, 1))
+    lock = threading.Lock()
+    finished = []
+
+    def worker(w: int) -> None:
+        with simulation_superlink(work / f"worker-{w}" if jobs > 1 else work) as link:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    k, (name, cfg) = queue.pop(0)
+                t0 = time.perf_counter()
+                log(f"[{k}/{len(todo)}] {name}")
+                result = link.submit(APP_DIR, cfg, supernodes, {"client-resources-num-cpus": cpus_per_client}, timeout,
+                                     echo=_echo(k, len(todo), log))
+                seconds = time.perf_counter() - t0
+                with lock:
+                    finished.append(name)
+                    if result.ok and done(out, name):
+                        summary = json.loads((out / name / "summary.json").read_text())
+                        status[name] = "ok"
+                        left = (time.perf_counter() - started) / len(finished) * (len(todo) - len(finished))
+                        log(f"[{k}/{len(todo)}] {name}: accuracy {summary['accuracy']:.4f} in {seconds:.0f} s "
+                            f"({len(finished)} of {len(todo)} done, about {left / 60:.0f} min left)")
+                    else:
+                        status[name] = f"failed: {result.status} {result.status_details}".strip()
+                        log(f"[{k}/{len(todo)}] {name}: {status[name]}\n{result.stderr[-2000:]}")
+                    _write_index(out, named, status)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(min(jobs, len(todo)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return status
 
 
@@ -170,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--supernodes", type=int, help="SuperNodes per run (default: the file's, else 2)")
     parser.add_argument("--cpus-per-client", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
+    parser.add_argument("--jobs", type=int, default=1, help="points run at once, each on a SuperLink of its own")
     parser.add_argument("--dry-run", action="store_true", help="list the points and whether each is done")
     parser.add_argument("overrides", nargs="*", help="run-config key=value pairs for every point")
     args = parser.parse_args(argv)
@@ -195,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     supernodes = args.supernodes or spec.get("supernodes", 2)
     cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
-    status = run_sweep(named, out, supernodes, cpus, args.timeout, log=lambda m: print(m, flush=True))
+    if args.jobs < 1:
+        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    status = run_sweep(named, out, supernodes, cpus, args.timeout, log=lambda m: print(m, flush=True), jobs=args.jobs)
     failed = {n: s for n, s in status.items() if s.startswith("failed")}
     print(f"sweep: {len(status) - len(failed)} of {len(named)} points done; results in {out}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)

@@ -58,6 +58,25 @@ def test_an_interrupted_sweep_finishes_only_the_missing_points(swept):
     assert {n: os.stat(out / n / "summary.json").st_mtime_ns for n in kept} == kept
 
 
+def test_points_run_side_by_side_give_the_serial_numbers(swept):
+    root, out, named, _, _ = swept
+    parallel_out = root / "runs-jobs2"
+    logs = []
+    named2 = [(n, {**c, "output-dir": str(parallel_out)}) for n, c in named]
+    status = run_sweep(named2, parallel_out, work_dir=root / "work-jobs", log=logs.append, jobs=2)
+    assert set(status.values()) == {"ok"} and "2 at a time" in logs[0]
+
+    def numbers(directory):
+        summary = json.loads((directory / "summary.json").read_text())
+        metrics = [{k: v for k, v in m.items() if k != "seconds"} for m in read_csv(directory / "metrics.csv")]
+        ledger = sorted(tuple(r[k] for k in ("round", "step", "client", "direction", "kind", "elements",
+                                             "serialized_bytes")) for r in read_csv(directory / "ledger.csv"))
+        return {k: v for k, v in summary.items() if k != "seconds"}, metrics, ledger
+
+    for name, _ in named:
+        assert numbers(parallel_out / name) == numbers(out / name), name
+
+
 def test_a_bad_point_stops_the_sweep_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="sweep point 2 .*'bits' = 9"):
         plan(expand([{"quantizer": "learned", "bits": [2, 9]}], ["parallel"], [0], dict(TINY)), tmp_path)
