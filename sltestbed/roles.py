@@ -83,6 +83,33 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+class Updates:
+    """AdamW and its schedule over the parameters a side trains; nothing to do where it trains
+    none (a side whose modules are all frozen still passes gradients on)."""
+
+    def __init__(self, optim: OptimConfig, params: list[nn.Parameter]):
+        self.optimizer, self.schedule = optim.build(params) if params else (None, None)
+
+    def zero_grad(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.schedule.step()
+
+    def state_dict(self) -> dict | None:
+        if self.optimizer is None:
+            return None
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+
+
 class ClientRole:
     """`head`: the U-shaped split, where the language model's head (and the loss) stays here:
     the server sends its hidden state at the answer position, the head turns it into logits."""
@@ -96,9 +123,8 @@ class ClientRole:
         self.head = HeadPart(model) if head else None
         self.data = data
         self.cursor = BatchCursor(len(data), batch_size, seed)
-        self.optimizer, self.schedule = optim.build(_trainable(self.part))
-        head_params = _trainable(self.head) if head else []
-        self.head_optimizer, self.head_schedule = optim.build(head_params) if head_params else (None, None)
+        self.updates = Updates(optim, _trainable(self.part))
+        self.head_updates = Updates(optim, _trainable(self.head) if head else [])
         self.distortion_weight = distortion_weight
         self.pending = None  # (batch rows, quantizer outputs) of the forward awaiting its gradient
         self.steps = 0
@@ -129,11 +155,10 @@ class ClientRole:
                 raise ValueError(f"gradient for {m} has shape {tuple(g.shape)}, activations {tuple(outs[m].values.shape)}")
         surrogate = sum((outs[m].values * gradients[m].to(outs[m].values.dtype)).sum() for m in gradients)
         surrogate = surrogate + self.distortion_weight * sum(o.loss for o in outs.values())
-        self.optimizer.zero_grad(set_to_none=True)
+        self.updates.zero_grad()
         if surrogate.requires_grad:
             surrogate.backward()
-        self.optimizer.step()
-        self.schedule.step()
+        self.updates.step()
         self.pending = None
         self.steps += 1
 
@@ -151,12 +176,9 @@ class ClientRole:
             return float(loss.detach()), leaf.grad
         self.head.train()
         loss = nn.functional.cross_entropy(self.head(leaf), labels)
-        if self.head_optimizer is not None:
-            self.head_optimizer.zero_grad(set_to_none=True)
+        self.head_updates.zero_grad()
         loss.backward()
-        if self.head_optimizer is not None:
-            self.head_optimizer.step()
-            self.head_schedule.step()
+        self.head_updates.step()
         return float(loss.detach()), leaf.grad
 
     @torch.no_grad()
@@ -180,22 +202,16 @@ class ClientRole:
     # --- state ----------------------------------------------------------------------------
     def state_bytes(self) -> bytes:
         buf = io.BytesIO()
-        state = {"part": self.part_state(), "optimizer": self.optimizer.state_dict(),
-                 "schedule": self.schedule.state_dict(), "cursor": self.cursor.state(),
-                 "pending": None if self.pending is None else self.pending[0], "steps": self.steps}
-        if self.head_optimizer is not None:
-            state.update(head_optimizer=self.head_optimizer.state_dict(), head_schedule=self.head_schedule.state_dict())
-        torch.save(state, buf)
+        torch.save({"part": self.part_state(), "updates": self.updates.state_dict(),
+                    "head_updates": self.head_updates.state_dict(), "cursor": self.cursor.state(),
+                    "pending": None if self.pending is None else self.pending[0], "steps": self.steps}, buf)
         return buf.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
         state = torch.load(io.BytesIO(data), weights_only=False)
         self.load_part_state(state["part"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.head_optimizer is not None:
-            self.head_optimizer.load_state_dict(state["head_optimizer"])
-            self.head_schedule.load_state_dict(state["head_schedule"])
+        self.updates.load_state_dict(state["updates"])
+        self.head_updates.load_state_dict(state["head_updates"])
         self.cursor.load_state(state["cursor"])
         self.steps = state["steps"]
         self.pending = None
@@ -229,7 +245,7 @@ class ServerRole:
         set_trainable(model, trainable)
         self.model = model
         self.part = ServerPart(model, cut_layers, with_head=head)
-        self.optimizer, self.schedule = optim.build(_trainable(self.part))
+        self.updates = Updates(optim, _trainable(self.part))
         self.grad_encoder = gradient_encoder(grad_scheme, grad_bits, seed)
         self.inputs = None
         self.logits = None
@@ -268,13 +284,12 @@ class ServerRole:
         return [None if g is None else p for g, p in zip(dlogits, self._gradients())]
 
     def _step(self, loss, grad=None) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.updates.zero_grad()
         if loss is not None:
             loss.backward()
         else:
             self.logits.backward(grad)
-        self.optimizer.step()
-        self.schedule.step()
+        self.updates.step()
         self.steps += 1
 
     def _gradients(self) -> list[Payload]:

@@ -9,6 +9,7 @@ import torch
 
 from simulations.in_process import InProcessTransport, run_in_process
 from sltestbed import wire
+from sltestbed.base_model import build_model
 from sltestbed.experiment import ExperimentConfig
 from sltestbed.model import TinyLlava
 from sltestbed.splits import client_data
@@ -211,3 +212,18 @@ def test_the_u_shaped_split_keeps_the_head_and_the_labels_on_the_client():
     assert {"loss", "gradients"} <= {r.kind for r in report.ledger.rows if r.direction == "up"}
     assert report.rounds[0].loss == pytest.approx(reference.rounds[0].loss, abs=1e-5)
     assert report.rounds[0].accuracy == pytest.approx(reference.rounds[0].accuracy, abs=1e-3)
+
+
+@pytest.mark.parametrize("modules", ["connector,quantizers", "lm"])
+def test_a_side_with_nothing_to_train_still_passes_gradients_on(modules):
+    """Uniform quantizers have no parameters: with the language model frozen the server trains
+    nothing (and still sends gradients down); with only the language model training, the
+    client trains its token embeddings alone."""
+    report, _ = run(quantizer="uniform", bits=4, **{"train-modules": modules, "save-model": True})
+    assert not report.failures and math.isfinite(report.rounds[0].loss)
+    initial = build_model(report.cfg, None, report.model.config.vocab_size)
+    moved = {name: not torch.equal(p, dict(initial.named_parameters())[name])
+             for name, p in report.model.named_parameters()}
+    trained = "connector" if modules.startswith("connector") else "lm"
+    assert all(moved[n] for n in moved if n.startswith(trained + "."))  # the side that trains does
+    assert not any(moved[n] for n in moved if n.startswith("vision."))  # frozen stays put
