@@ -121,6 +121,14 @@ def test_vit_tower_and_qwen2_language_model():
     assert (logits - ref).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("name", ["tiny", "default"])
+def test_the_profile_command_runs_for_each_preset(name, capsys):
+    from sltestbed.model import profile
+
+    profile.main(["--preset", name, "--batch", "4"])
+    assert capsys.readouterr().out.splitlines()[1].startswith("connector")
+
+
 def test_cut_profile_counts():
     model = TinyLlava(preset("tiny"))
     pixels, ids, _ = batch(model.config, b=4)

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     p.add_argument("--labels", default="server", choices=LABELS)
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args(argv)
-    ds = load_dataset(args.dataset)
+    ds = load_dataset(args.dataset, image_size=PRESETS[args.preset]["image_size"])
     tokenizer = build_tokenizer([ds])
     batch = VQACollator(tokenizer)([ds[i] for i in range(min(args.batch, len(ds)))])
     torch.manual_seed(0)
