@@ -35,7 +35,7 @@ class ExperimentConfig:
     grad_bits: int = 0
     entropy_coding: bool = False
     dataset: str = "digits-vqa"
-    preset: str = "default"
+    preset: str = "tiny"
     cut: str = "connector"
     labels: str = "server"
     num_rounds: int = 5
@@ -213,8 +213,15 @@ class ExperimentConfig:
 
     @property
     def name(self) -> str:
+        """The run's directory name: strategy, quantizer, bits, then what differs from the
+        defaults among entropy coding, data set, preset and labels, then the seed."""
         bits = self.bits_label.replace(", ", "-").replace(" ", "")
-        return self.run_name or f"{self.strategy}-{self.quantizer}-{bits}b{'-ec' if self.entropy_coding else ''}-seed{self.seed}"
+        default = ExperimentConfig()
+        extra = ["ec"] if self.entropy_coding else []
+        extra += [getattr(self, k) for k in ("dataset", "preset") if getattr(self, k) != getattr(default, k)]
+        extra += [f"labels-{self.labels}"] if self.labels != default.labels else []
+        extra = "".join(f"-{e}" for e in extra)
+        return self.run_name or f"{self.strategy}-{self.quantizer}-{bits}b{extra}-seed{self.seed}"
 
     @property
     def cut_layers(self) -> int:

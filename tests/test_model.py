@@ -121,7 +121,7 @@ def test_vit_tower_and_qwen2_language_model():
     assert (logits - ref).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("name", ["tiny", "default"])
+@pytest.mark.parametrize("name", ["tiny", "wide"])
 def test_the_profile_command_runs_for_each_preset(name, capsys):
     from sltestbed.model import profile
 

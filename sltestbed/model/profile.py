@@ -44,14 +44,14 @@ def cut_profile(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.T
 
 
 def main(argv=None) -> None:
-    """python -m sltestbed.model.profile [--preset default] [--dataset digits-vqa] [--labels server]"""
+    """python -m sltestbed.model.profile [--preset tiny] [--dataset digits-vqa] [--labels server]"""
     import argparse
 
     from ..data import VQACollator, build_tokenizer, load_dataset
     from .config import PRESETS, preset
 
     p = argparse.ArgumentParser(description="Cut-layer profile of the model on a batch of a data set")
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--dataset", default="digits-vqa")
     p.add_argument("--labels", default="server", choices=LABELS)
     p.add_argument("--batch", type=int, default=16)

@@ -1,7 +1,7 @@
 """The standard attack scenario, built from a run's names: the data splits, one client's
 training partition (the victim), the public auxiliary slice, the base model.
 
-    sc = build_scenario("digits-vqa", preset="default", seed=0, num_clients=2, client=0)
+    sc = build_scenario("digits-vqa", preset="tiny", seed=0, num_clients=2, client=0)
     sc.client_data, sc.client_classes, sc.aux, sc.aux_classes, sc.base_dir
 
 The clients' partitions are those of a Flower run with the same names (the training split,
@@ -71,7 +71,7 @@ def select_images(records, images: int | None, seed: int):
     return records.select(np.flatnonzero(np.isin(ids, chosen)))
 
 
-def build_scenario(dataset: str = "digits-vqa", *, preset: str = "default", seed: int = 0, test_fraction: float = 0.2,
+def build_scenario(dataset: str = "digits-vqa", *, preset: str = DEFAULTS.preset, seed: int = 0, test_fraction: float = 0.2,
                    num_clients: int = 2, client: int = 0, partitioner: str = "iid", alpha: float = 0.5,
                    aux_images: int | None = None, base: str = "auto", base_epochs: int = DEFAULTS.base_epochs,
                    base_lr: float = DEFAULTS.base_lr, cache_dir: str = DEFAULTS.cache_dir,
