@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..comm_model import Workload
 from .split import LABELS, ClientPart, parse_cut
 from .tinyllava import TinyLlava
 
@@ -43,6 +44,21 @@ def cut_profile(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.T
     return rows
 
 
+@torch.no_grad()
+def cut_workload(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                 cut: str = "connector") -> Workload:
+    """What this model and cut put on the link, for the communication model: the client
+    part's state as the protocol moves it (`ClientPart.state_dict()`, quantizer encoders
+    included), the whole model's weights as FedAvg moves them (`sltestbed.fedavg.model_weights`:
+    all but the quantizers), and per modality the elements per sample at the cut for this
+    batch (one label per sample)."""
+    client = ClientPart(model, parse_cut(cut, model.num_lm_layers))
+    feats = client.features(pixel_values[:1], input_ids[:1])
+    client_state = sum(v.numel() for v in client.state_dict().values())
+    whole = sum(v.numel() for k, v in model.state_dict().items() if not k.startswith("quant_"))
+    return Workload(client_state, whole, {m: x[0].numel() for m, x in feats.items()}, label_elements=1)
+
+
 def main(argv=None) -> None:
     """python -m sltestbed.model.profile [--preset tiny] [--dataset digits-vqa] [--labels server]"""
     import argparse
@@ -55,6 +71,9 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", default="digits-vqa")
     p.add_argument("--labels", default="server", choices=LABELS)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--real", action="store_true", help="also the real-size models (published configurations on the "
+                                                       "meta device, no weights), beside their published sizes")
+    p.add_argument("--text-tokens", type=int, default=64, help="--real: text tokens per sample assumed at the cut")
     args = p.parse_args(argv)
     ds = load_dataset(args.dataset, image_size=PRESETS[args.preset]["image_size"])
     tokenizer = build_tokenizer([ds])
@@ -68,6 +87,27 @@ def main(argv=None) -> None:
         print(f"{r['cut']:10s} {r['client_parameters']:>14,} {r['server_parameters']:>14,} "
               f"{r['client_flops_per_sample'] / 1e6:>20.2f} {r['up_elements_per_sample']:>15,} "
               f"{r['down_elements_per_sample']:>17,}")
+    if args.real:
+        print_real(args.text_tokens)
+
+
+
+def print_real(text_tokens: int) -> None:
+    """The real-size cuts (`real_sizes.py`) and each component's weights against its published count."""
+    from .real_sizes import PUBLISHED, component_parameters, real_cuts
+
+    print(f"\nreal sizes, meta device (729 image tokens for SigLIP so400m at 384/14, {text_tokens} text tokens, "
+          f"1 label per sample)")
+    print(f"{'cut':36s} {'client params':>14s} {'server params':>14s} {'client GFLOP/sample':>20s} "
+          f"{'up elem/sample':>15s} {'down elem/sample':>17s}")
+    for r in real_cuts(text_tokens):
+        print(f"{r.name + ' ' + r.cut:36s} {r.client_params:>14,} {r.server_params:>14,} "
+              f"{r.client_flops_per_sample / 1e9:>20.2f} {r.up_elements:>15,} {r.down_elements:>17,}")
+    print(f"\n{'component':18s} {'ours':>14s} {'published':>14s} {'diff':>7s}  source")
+    for name, published in PUBLISHED.items():
+        ours = component_parameters(name)
+        print(f"{name:18s} {ours:>14,} {published.parameters:>14,.0f} {100 * (ours / published.parameters - 1):>+6.2f}%  "
+              f"{published.source}")
 
 
 if __name__ == "__main__":
