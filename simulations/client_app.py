@@ -47,7 +47,11 @@ def handle(msg: Message, context: Context, wait=time.sleep) -> Message:
             node.restore(context.state["sl"]["role"])
             held = version
     _CACHE[key] = (held, node)
-    reply = node.handle(mtype, request, wait)
+    try:
+        reply = node.handle(mtype, request, wait)
+    except BaseException:  # the role may be half changed; its saved state is not: restore from it next time
+        _CACHE.pop(key, None)
+        raise
     if mtype in SAVES_STATE:
         version += 1
         context.state["sl"] = ConfigRecord({"version": version, "role": node.state()})

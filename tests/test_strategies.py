@@ -227,3 +227,21 @@ def test_a_side_with_nothing_to_train_still_passes_gradients_on(modules):
     trained = "connector" if modules.startswith("connector") else "lm"
     assert all(moved[n] for n in moved if n.startswith(trained + "."))  # the side that trains does
     assert not any(moved[n] for n in moved if n.startswith("vision."))  # frozen stays put
+
+
+def test_a_node_that_failed_a_message_trains_the_same_on_any_actor():
+    """A message that raised left the node's saved state as it was: the actor that ran it
+    must not keep a role the failed message half changed (here: the gradient it applied
+    before raising), or the training depends on which actor serves the node next."""
+    from strategies import run_strategy
+
+    config = {**TINY, "fault": "raise:1:1:2"}
+    cached, _ = run_in_process(config)
+    transport = InProcessTransport(config, 2, restore_every=True)
+    try:
+        restored = run_strategy(ExperimentConfig.from_run_config(config), transport, lambda m: None)
+    finally:
+        transport.stop()
+    assert len(cached.failures) == len(restored.failures) == 1
+    assert cached.rounds[0].loss == pytest.approx(restored.rounds[0].loss, abs=1e-6)
+    assert cached.rounds[0].accuracy == restored.rounds[0].accuracy
