@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from sltestbed import wire
-from sltestbed.client_node import ROLE_MESSAGES, ClientNode
+from sltestbed.client_node import ROLE_MESSAGES, ClientNode, kill_this_process
 from sltestbed.experiment import ExperimentConfig
 
 from . import records
@@ -33,8 +33,9 @@ def _partition(context: Context) -> tuple[int, int]:
                          f"--node-config 'partition-id=<i> num-partitions=<n>'") from None
 
 
-def handle(msg: Message, context: Context, wait=time.sleep) -> Message:
-    """Answer one message (`wait(seconds)`: how the `stall` fault waits)."""
+def handle(msg: Message, context: Context, wait=time.sleep, kill=kill_this_process) -> Message:
+    """Answer one message (`wait(seconds)`: how the `stall` fault waits; `kill()`: how the
+    `kill` fault ends this worker process)."""
     mtype = msg.metadata.message_type
     request = records.read(msg.content, wire.REQUEST_META[mtype])
     key = (msg.metadata.run_id, msg.metadata.dst_node_id)
@@ -48,7 +49,7 @@ def handle(msg: Message, context: Context, wait=time.sleep) -> Message:
             held = version
     _CACHE[key] = (held, node)
     try:
-        reply = node.handle(mtype, request, wait)
+        reply = node.handle(mtype, request, wait, kill)
     except BaseException:  # the role may be half changed; its saved state is not: restore from it next time
         _CACHE.pop(key, None)
         raise

@@ -5,7 +5,9 @@ Messages are the same Flower `Message`s of the same records as over the Grid, so
 runs, the ledger counts the same bytes, and each node keeps its state in a `Context` as a
 SuperNode does. What differs: delivery is a function call, and a node that stalls (the
 `stall` fault) answers late without anyone waiting: its reply is held back from the exchange
-(counted as no reply) and arrives before the node's next message.
+(counted as no reply) and arrives before the node's next message; a node whose worker dies
+(the `kill` fault) gets an error reply, as Flower sends, and every node's cached role is lost,
+as a dead actor's are.
 
     report = run_in_process({"preset": "tiny", "strategy": "sequential"}, num_supernodes=2)
 
@@ -26,6 +28,14 @@ from strategies import run_strategy
 
 from . import client_app
 from .transport import MessageTransport
+
+class WorkerKilled(Exception):
+    """The `kill` fault in this process: the worker "dies" by raising this."""
+
+
+def _kill() -> None:
+    raise WorkerKilled("the ClientApp worker process was killed (the kill fault, in process)")
+
 
 class InProcessTransport(MessageTransport):
     """`num_supernodes` nodes with partitions 0..n-1 under random node ids. For tests:
@@ -68,7 +78,10 @@ class InProcessTransport(MessageTransport):
                 client_app._CACHE.pop((self.run_id, node), None)
             stalled = []
             try:
-                reply = client_app.handle(msg, self.contexts[node], wait=stalled.append)
+                reply = client_app.handle(msg, self.contexts[node], wait=stalled.append, kill=_kill)
+            except WorkerKilled as exc:  # a dead worker's memory is gone: every node's cached role
+                self.stop()
+                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             except Exception as exc:  # what Flower turns into an error reply
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             if self.kept is not None:

@@ -8,6 +8,8 @@ transport of the tests) only move contents and keep the role's state between mes
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import torch
@@ -23,6 +25,12 @@ from .splits import client_data, vocab_size
 from .trainer import OptimConfig, Stage, TensorData, train_stage
 from .wire import Batch, Content, LocalResult, LossReply, NodeInfo, StepMeta
 
+def kill_this_process() -> None:
+    """How the `kill` fault dies: SIGKILL to this process, as the OS or Ray's memory monitor
+    ends a worker (no handler runs, no reply is sent)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 # the messages that act on the node's role (built on the first, restored from saved state)
 ROLE_MESSAGES = (wire.STEP, wire.LOGITS, wire.PART, wire.EVAL, wire.SCORE)
 
@@ -33,6 +41,7 @@ class ClientNode:
             raise ValueError(f"partition-id {partition} is out of range for num-partitions {num_partitions}")
         self.cfg, self.partition, self.num_partitions = cfg, partition, num_partitions
         self.role: ClientRole | None = None
+        self._kill = kill_this_process  # how the `kill` fault dies (`handle` sets it per message)
 
     # --- data and role ------------------------------------------------------------------------
     @property
@@ -79,14 +88,16 @@ class ClientNode:
             self.role.load_part_state(request.part)
 
     # --- the messages ---------------------------------------------------------------------------
-    def handle(self, mtype: str, request: Content, wait=time.sleep) -> Content:
-        """The reply to one message. `wait(seconds)` is how the `stall` fault waits."""
+    def handle(self, mtype: str, request: Content, wait=time.sleep, kill=kill_this_process) -> Content:
+        """The reply to one message. `wait(seconds)` is how the `stall` fault waits, `kill()`
+        how the `kill` fault ends this worker."""
         try:
             action = self._actions[mtype]
         except KeyError:
             raise ValueError(f"unknown message type {mtype!r}; known: {', '.join(wire.MESSAGE_TYPES)}") from None
         if mtype in ROLE_MESSAGES:
             self.start(request.meta)
+        self._kill = kill
         return action(self, request, wait)
 
     def _info(self, request: Content, wait) -> Content:
@@ -156,11 +167,14 @@ class ClientNode:
         return Content(score=Scores.of(predicted, batch["labels"], batch["qtype_index"], test.qtypes))
 
     def _fault(self, meta: StepMeta, wait) -> None:
-        """The `fault` run-config hook: fail or stall at one step, to test the server's handling."""
+        """The `fault` run-config hook: fail, stall or die at one step, to test the server's handling."""
         spec = self.cfg.fault_spec
         if spec and (spec[1], spec[2], spec[3]) == (self.partition, meta.round, meta.step):
             if spec[0] == "raise":
                 raise RuntimeError(f"injected fault at partition {spec[1]}, round {spec[2]}, step {spec[3]}")
+            if spec[0] == "kill":
+                self._kill()
+                raise RuntimeError("the kill fault's kill() returned")  # a kill() must not return
             wait(self.cfg.step_timeout + 2)
 
     _actions = {wire.INFO: _info, wire.CALIBRATE: _calibrate, wire.ECHO: _echo, wire.STEP: _step,

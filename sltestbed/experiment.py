@@ -19,6 +19,7 @@ from .trainer import MODULE_GROUPS
 
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
 ATTACKS = ("none", "inversion", "all")  # after training: none; learned inversion, tokens, labels; and optimisation
+FAULTS = ("raise", "stall", "kill")  # the testing hook: the ClientApp raises, answers too late, or its process dies
 CACHE_DIR = os.path.join(".cache", "sltestbed")  # where base models are cached (relative: to the working directory)
 
 
@@ -53,7 +54,7 @@ class ExperimentConfig:
     base_epochs: int = 60  # the base model's recipe: also `python -m sltestbed.train`'s centralized reference
     base_lr: float = 3e-3
     step_timeout: float = 120.0
-    fault: str = ""  # testing hook: "raise:P:R:S" or "stall:P:R:S" (partition P, round R, step S)
+    fault: str = ""  # testing hook: "raise:P:R:S", "stall:P:R:S" or "kill:P:R:S" (partition P, round R, step S)
     benchmark_roundtrips: int = 0  # N > 0: N bare Flower round trips after training, to compare a step with
     save_model: bool = False  # write the trained model (server part + a client's part) to <run>/model
     attack: str = "none"  # after training, attacks on what the server received: none, inversion, all
@@ -165,9 +166,9 @@ class ExperimentConfig:
         if not self.fault:
             return None
         parts = self.fault.split(":")
-        if len(parts) != 4 or parts[0] not in ("raise", "stall") or not all(p.isdigit() for p in parts[1:]):
-            raise ValueError(f"run config 'fault' = {self.fault!r}: use 'raise:P:R:S' or 'stall:P:R:S' "
-                             "(partition, round, step as integers)")
+        if len(parts) != 4 or parts[0] not in FAULTS or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"run config 'fault' = {self.fault!r}: use 'raise:P:R:S', 'stall:P:R:S' "
+                             "or 'kill:P:R:S' (partition, round, step as integers)")
         return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
 
     @property

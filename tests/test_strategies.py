@@ -245,3 +245,44 @@ def test_a_node_that_failed_a_message_trains_the_same_on_any_actor():
     assert len(cached.failures) == len(restored.failures) == 1
     assert cached.rounds[0].loss == pytest.approx(restored.rounds[0].loss, abs=1e-6)
     assert cached.rounds[0].accuracy == restored.rounds[0].accuracy
+
+
+class LosesOneStep(InProcessTransport):
+    """Partition 1's step-2 message of round 1 is lost on the way: an error reply, the node
+    never sees it (its cached role stays valid)."""
+
+    def _deliver(self, messages, timeout):
+        from flwr.app import Error, Message
+
+        from simulations import records
+
+        def lost(m):
+            if m.metadata.message_type != wire.STEP or self.partitions.get(m.metadata.dst_node_id) != 1:
+                return False
+            meta = records.read(m.content, wire.REQUEST_META[wire.STEP]).meta
+            return (meta.round, meta.step) == (1, 2)
+
+        gone = [m for m in messages if lost(m)]
+        replies, missing = super()._deliver([m for m in messages if m not in gone], timeout)
+        return replies + [Message(Error(code=0, reason="RuntimeError: lost"), reply_to=m) for m in gone], missing
+
+
+def test_a_killed_worker_loses_its_message_and_the_nodes_go_on_from_their_saved_state():
+    """In process, the `kill` fault loses the message and every node's cached role, as a dead
+    actor does: both nodes rebuild their roles from `context.state` (weights, optimizer,
+    cursor, the forward awaiting its gradient), and the run is the one where that message
+    was merely lost."""
+    from strategies import run_strategy
+
+    killed, _ = run(fault="kill:1:1:2")
+    transport = LosesOneStep({**TINY}, 2)
+    try:
+        lost = run_strategy(ExperimentConfig.from_run_config(TINY), transport, lambda m: None)
+    finally:
+        transport.stop()
+    assert [(f.partition, f.round, f.step, f.message_type) for f in killed.failures] == [(1, 1, 2, wire.STEP)]
+    assert [(f.partition, f.round, f.step) for f in lost.failures] == [(1, 1, 2)]
+    assert "worker process was killed" in killed.failures[0].reason
+    assert rows(killed, client=1, step=3, direction="up", kind="activations")
+    assert killed.rounds[0].loss == pytest.approx(lost.rounds[0].loss, abs=1e-6)
+    assert killed.rounds[0].accuracy == lost.rounds[0].accuracy and math.isfinite(killed.rounds[0].accuracy)
