@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from sltestbed.experiment import ExperimentConfig
 from strategies import run_strategy
 
+from .actor_pool import replace_dead_actors
 from .results import summary_table, write_results
 from .transport import GridTransport
 
@@ -40,6 +41,8 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = ExperimentConfig.from_run_config(dict(context.run_config))  # a bad value stops the run here
     log(f"run {cfg.name}: {cfg.strategy}, {cfg.quantizer} {cfg.bits_label} bits, {cfg.num_rounds} rounds")
+    if type(grid).__name__ == "InMemoryGrid":  # a simulation: this process runs the ClientApps' actor pool
+        replace_dead_actors(log)
     report = run_strategy(cfg, GridTransport(grid, cfg), log)
     directory = output_directory(cfg)
     summary = write_results(directory, report, time.perf_counter() - started)

@@ -26,6 +26,17 @@ from . import records
 SETUP_TIMEOUT = 600.0  # seconds for a node's first messages (it loads data and builds its model)
 
 
+def error_reason(text: str) -> str:
+    """A failure's reason from an error reply: the worker's death said as such (Flower's
+    reason is Ray's many-line `ActorDiedError`), else the last line of the client's error."""
+    if "ActorDiedError" in text:
+        start = text.find("Worker exit detail:")
+        detail = text[start:].split(" Some common causes")[0].strip().rstrip("'>") if start >= 0 else ""
+        return f"the ClientApp's worker process died (Ray ActorDiedError{': ' + detail[:300] if detail else ''})"
+    lines = text.strip().splitlines()
+    return f"client error: {lines[-1][-300:] if lines else '?'}"
+
+
 class MessageTransport(Transport):
     """Requests as Flower messages, accounted; subclasses deliver them."""
 
@@ -64,8 +75,7 @@ class MessageTransport(Transport):
             src = reply.metadata.src_node_id
             mtype = requests[src][0]
             if reply.has_error():
-                reason = reply.error.reason.strip().splitlines()
-                out.failures[src] = f"client error: {reason[-1][-300:] if reason else '?'}"
+                out.failures[src] = error_reason(reply.error.reason)
                 continue
             try:
                 content = records.read(reply.content, wire.REPLY_META[mtype])

@@ -88,6 +88,25 @@ def test_a_reply_that_never_comes_is_dropped_and_the_run_finishes(link, tmp_path
     assert summary["failures"][0]["partition"] == 1
 
 
+def test_a_clientapp_worker_killed_mid_run_is_replaced_and_the_run_finishes(link, tmp_path):
+    """The `kill` fault SIGKILLs partition 1's ClientApp worker (its Ray actor's process) in
+    the middle of step 2, as Ray's memory monitor would. Flower alone puts the dead actor back
+    into its pool and every later message it takes fails; the ServerApp's patch
+    (simulations/actor_pool.py) replaces it, and the node goes on from its `context.state`."""
+    result, out = run(link, tmp_path, fault="kill:1:1:2")
+    assert result.ok, result.describe()
+    assert "a ClientApp worker died" in result.logs and "replaced by a new one" in result.logs
+    summary, ledger, metrics = results(out)
+    assert [(f["partition"], f["round"], f["step"], f["message_type"]) for f in summary["failures"]] == \
+        [(1, 1, 2, "train.step")]
+    assert "the ClientApp's worker process died (Ray ActorDiedError" in summary["failures"][0]["reason"]
+    assert math.isfinite(summary["accuracy"]) and int(metrics[0]["failures"]) == 1
+    # partition 1 trained on after its worker died, and was evaluated
+    assert any(r["client"] == "1" and int(r["step"]) > 2 and r["kind"] == "activations" for r in ledger)
+    assert any(r["client"] == "1" and r["message_type"] == "evaluate.forward" and r["direction"] == "up"
+               for r in ledger)
+
+
 def test_bad_run_config_value_stops_the_run_naming_the_key(link, tmp_path):
     result, out = run(link, tmp_path, strategy="round-robin")
     assert not result.ok
