@@ -54,6 +54,7 @@ class ExperimentConfig:
     base_epochs: int = 60  # the base model's recipe: also `python -m sltestbed.train`'s centralized reference
     base_lr: float = 3e-3
     step_timeout: float = 120.0
+    max_failed_steps: int = 10  # the most client messages a run may lose (failed or unanswered); one more stops it
     fault: str = ""  # testing hook: "raise:P:R:S", "stall:P:R:S" or "kill:P:R:S" (partition P, round R, step S)
     benchmark_roundtrips: int = 0  # N > 0: N bare Flower round trips after training, to compare a step with
     save_model: bool = False  # write the trained model (server part + a client's part) to <run>/model
@@ -129,6 +130,7 @@ class ExperimentConfig:
         for key in ("num-rounds", "local-epochs", "batch-size", "base-epochs"):
             at_least(key, getattr(self, key.replace("-", "_")), 1)
         at_least("seed", self.seed, 0)
+        at_least("max-failed-steps", self.max_failed_steps, 0)
         for key in ("lr", "base-lr", "step-timeout", "alpha"):
             if not getattr(self, key.replace("-", "_")) > 0:
                 raise ValueError(f"run config '{key}' = {getattr(self, key.replace('-', '_'))} is out of range: must be > 0")

@@ -67,6 +67,22 @@ class RunReport:
     client_state: dict | None = None  # the client weights the protocol sent the server (the white-box level)
 
 
+class RunStopped(RuntimeError):
+    """The run cannot go on, or ended with no result: the message says why."""
+
+
+def describe_failures(failures: list[Failure]) -> str:
+    """Failures per partition: how many, from when, and why (each distinct reason, last first)."""
+    parts = []
+    for partition in sorted({f.partition for f in failures}):
+        mine = [f for f in failures if f.partition == partition]
+        reasons = list(dict.fromkeys(f.reason for f in reversed(mine)))
+        why = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else "")
+        parts.append(f"partition {partition}: {len(mine)} failed, the first in round {mine[0].round} step "
+                     f"{mine[0].step} ({mine[0].message_type}), because: {why}")
+    return "; ".join(parts)
+
+
 class Outbox:
     """What waits on the server for each client until its next message, whatever its type:
     the gradient of its last step, then new client-part weights (see `sltestbed.wire`)."""
@@ -108,11 +124,15 @@ class Strategy:
                  account: bool = True) -> dict[int, Content]:
         """One round trip (every request gets this step's meta unless it has its own); the
         replies that came, in partition order. A node that fails or stays silent is recorded
-        and left out."""
+        and left out; past `max-failed-steps` such failures the run stops (`RunStopped`)."""
         for _, content in requests.values():
             if content.meta is None:
                 content.meta = self.meta(round, step)
-        return exchange(self.transport, requests, round, step, self.failures, self.log, account)
+        replies = exchange(self.transport, requests, round, step, self.failures, self.log, account)
+        if len(self.failures) > self.cfg.max_failed_steps:
+            raise RunStopped(f"run stopped: {len(self.failures)} client messages failed, more than "
+                             f"max-failed-steps = {self.cfg.max_failed_steps}. {describe_failures(self.failures)}")
+        return replies
 
     def sample(self) -> list[Client]:
         """Clients of this round: a seeded fraction of those with no reply outstanding."""
@@ -264,6 +284,11 @@ class Strategy:
             self.log(f"round {rnd}/{self.cfg.num_rounds}: loss {record.loss:.4f}, accuracy {record.accuracy:.4f}, "
                      f"{record.bytes_up:,} B up, {record.bytes_down:,} B down, {record.round_trips} round trips, "
                      f"{record.failures} failures, {record.seconds:.1f} s")
+        last = self.rounds[-1]
+        if not math.isfinite(last.accuracy):  # never a "finished" run without a result
+            lost = [f for f in self.failures if f.round == last.round and f.step == -1]
+            raise RunStopped(f"run stopped: the final round ({last.round}) has no accuracy (nan): no client's test "
+                             f"shard was scored" + (f". Its evaluation lost {describe_failures(lost)}" if lost else ""))
         roundtrip = {}
         if self.cfg.benchmark_roundtrips:
             roundtrip = roundtrip_benchmark(self, self.cfg.benchmark_roundtrips)

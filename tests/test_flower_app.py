@@ -107,6 +107,26 @@ def test_a_clientapp_worker_killed_mid_run_is_replaced_and_the_run_finishes(link
                for r in ledger)
 
 
+def test_past_max_failed_steps_the_launch_fails_naming_the_client_and_the_cause(tmp_path, monkeypatch, capsys):
+    """max-failed-steps=0: the killed worker's one lost message stops the run; `flwr list`
+    says finished:failed, `python -m simulations.launch` exits 1 with the message."""
+    from simulations import launch
+
+    monkeypatch.chdir(tmp_path)
+    overrides = {**TINY, "output-dir": str(tmp_path / "results"), "run-name": "run", "fault": "kill:1:1:2",
+                 "max-failed-steps": 0}
+    status = launch.main(["--timeout", "600"] + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                                  for k, v in overrides.items()])
+    captured = capsys.readouterr()
+    assert status == 1, captured.out[-3000:]
+    assert ": finished:failed in" in captured.out
+    for text in ("1 client messages failed, more than max-failed-steps = 0",
+                 "partition 1: 1 failed, the first in round 1 step 2 (train.step)",
+                 "the ClientApp's worker process died"):
+        assert text in captured.err, captured.err[-3000:]
+    assert not (tmp_path / "results" / "run" / "summary.json").exists()
+
+
 def test_bad_run_config_value_stops_the_run_naming_the_key(link, tmp_path):
     result, out = run(link, tmp_path, strategy="round-robin")
     assert not result.ok

@@ -247,6 +247,24 @@ def test_a_node_that_failed_a_message_trains_the_same_on_any_actor():
     assert cached.rounds[0].accuracy == restored.rounds[0].accuracy
 
 
+def test_max_failed_steps_must_be_a_count_of_at_least_zero():
+    with pytest.raises(ValueError, match=r"'max-failed-steps' = -1 is out of range: must be >= 0"):
+        ExperimentConfig.from_run_config({"max-failed-steps": -1})
+    with pytest.raises(ValueError, match=r"'max-failed-steps' = 0.5 must be of type int"):
+        ExperimentConfig.from_run_config({"max-failed-steps": 0.5})
+
+
+def test_past_max_failed_steps_the_run_stops_naming_the_clients_and_the_cause():
+    from strategies import RunStopped
+
+    with pytest.raises(RunStopped) as stopped:
+        run(fault="raise:1:1:2", **{"max-failed-steps": 0})
+    message = str(stopped.value)
+    assert "1 client messages failed, more than max-failed-steps = 0" in message
+    assert "partition 1: 1 failed, the first in round 1 step 2 (train.step)" in message
+    assert "injected fault at partition 1, round 1, step 2" in message and "partition 0" not in message
+
+
 class LosesOneStep(InProcessTransport):
     """Partition 1's step-2 message of round 1 is lost on the way: an error reply, the node
     never sees it (its cached role stays valid)."""
@@ -286,3 +304,28 @@ def test_a_killed_worker_loses_its_message_and_the_nodes_go_on_from_their_saved_
     assert rows(killed, client=1, step=3, direction="up", kind="activations")
     assert killed.rounds[0].loss == pytest.approx(lost.rounds[0].loss, abs=1e-6)
     assert killed.rounds[0].accuracy == lost.rounds[0].accuracy and math.isfinite(killed.rounds[0].accuracy)
+
+
+class NoEvaluation(InProcessTransport):
+    """Every evaluation message fails (as when every worker is gone by then)."""
+
+    def _deliver(self, messages, timeout):
+        from flwr.app import Error, Message
+
+        evaluate = [m for m in messages if m.metadata.message_type == wire.EVAL]
+        replies, missing = super()._deliver([m for m in messages if m not in evaluate], timeout)
+        return replies + [Message(Error(code=0, reason="RuntimeError: no worker"), reply_to=m) for m in evaluate], missing
+
+
+def test_a_run_whose_final_round_has_no_accuracy_stops_saying_why():
+    from strategies import RunStopped, run_strategy
+
+    transport = NoEvaluation({**TINY}, 2)
+    try:
+        with pytest.raises(RunStopped) as stopped:
+            run_strategy(ExperimentConfig.from_run_config(TINY), transport, lambda m: None)
+    finally:
+        transport.stop()
+    message = str(stopped.value)
+    assert "the final round (1) has no accuracy (nan): no client's test shard was scored" in message
+    assert "partition 0: 1 failed" in message and "partition 1: 1 failed" in message and "no worker" in message
