@@ -21,11 +21,6 @@ as the simulation engine (`simulation/run_simulation.py`, `_main_loop`: a thread
 
 from __future__ import annotations
 
-import threading
-
-_lock = threading.Lock()
-replaced: list[str] = []  # hex ids of the actors found dead and replaced, in order
-
 
 def replace_dead_actors(log=print) -> bool:
     """Install the patch (once per process). Returns False, and says why, where this flwr's
@@ -52,11 +47,9 @@ def replace_dead_actors(log=print) -> bool:
                 log("a ClientApp worker died and cannot be replaced: flwr's BasicActorPool is not the one of "
                     "flwr 1.41")
                 raise
-            with _lock:
-                dead = self._future_to_actor[future]
-                # the backend's `except` puts this future's actor back into the pool: a new one
-                self._future_to_actor[future] = self.create_actor_fn()
-                replaced.append(dead._actor_id.hex())
+            dead = self._future_to_actor[future]
+            # the backend's `except` puts this future's actor back into the pool: a new one
+            self._future_to_actor[future] = self.create_actor_fn()
             log(f"a ClientApp worker died (Ray actor {dead._actor_id.hex()[:12]}): replaced by a new one")
             raise
 
