@@ -15,10 +15,20 @@ row (`seeds`):
 - every score with an interval has its mean, `_ci95_low`, `_ci95_high` and `_ci95_half_width`
   (95% Student t interval over the seeds, `analysis.stats`; NaN with one seed), and each
   attack `<attack>_seeds`, the seeds it ran in. Attack names have `_` for `-`;
-- image attacks (`learned_inversion`, `rmle`, `unsplit`): `_psnr` (dB, data range 1), `_ssim`,
+- image attacks (`nearest_code`, `knn_mean`, `code_classifier`, `learned_inversion`,
+  `mlp_decoder`, `conv_decoder`, `rmle`, `unsplit`): `_psnr` (dB, data range 1), `_ssim`,
   `_mse` (pixels in [0, 1]) and `_attack_accuracy` (the attack classifier applied to the
   reconstructions), with intervals; `_baseline_psnr`, `_baseline_ssim`, `_baseline_mse` (the
   public mean image guessed for the same samples), `_samples` and `_seconds` (means);
+- `best`, the leakage: per run the best of its image attacks per metric (the highest PSNR,
+  SSIM and attack accuracy, the lowest MSE; `privacy.json`'s "best"), then with intervals
+  over seeds as for an attack; `best_<metric>_attack` names the attacks that gave it (over the
+  seeds, the most frequent first); `best_token_accuracy` likewise for the text attacks;
+- the information ceiling (`privacy.json`'s "ceiling", means with intervals):
+  `ceiling_image_bits` and `ceiling_text_bits`, the entropy-coded bits per sample that crossed
+  per modality (what no attack can exceed), `ceiling_image_raw_bits` (packed at fixed width);
+  `image_entropy_bits`, `class_entropy_bits` and `text_entropy_bits`, the public data's own
+  estimates;
 - text attacks (`nearest_token`, `learned_token`): `_token_accuracy` with its interval;
   `_baseline_accuracy` (the positional prior), `_tokens` and `_seconds` (means);
 - label inference (`labels`): `labels_accuracy` (and, U-shaped, `labels_pairwise_direction_accuracy`)
@@ -53,10 +63,13 @@ from .runs import (
 )
 from .stats import t_interval
 
-LEVELS = ("public-base", "white-box")
+LEVELS = ("public-base", "private-base", "white-box")
 # per kind of attack: the scores given with an interval over seeds, and those given as means
 INTERVAL_SCORES = {"image": ("psnr", "ssim", "mse", "attack_accuracy"), "text": ("token_accuracy",),
-                   "labels": ("accuracy", "pairwise_direction_accuracy")}
+                   "labels": ("accuracy", "pairwise_direction_accuracy", "pairwise_zero_threshold_accuracy")}
+BEST = {"psnr": "psnr", "ssim": "ssim", "mse": "mse", "attack_accuracy": "attack_accuracy"}  # image metrics
+CEILING = ("ceiling_image_bits", "ceiling_image_raw_bits", "ceiling_text_bits", "image_entropy_bits",
+           "class_entropy_bits", "text_entropy_bits")
 MEAN_SCORES = {"image": ("baseline_psnr", "baseline_ssim", "baseline_mse", "samples", "seconds"),
                "text": ("baseline_accuracy", "tokens", "seconds"),
                "labels": ("chance", "majority_baseline", "pairwise_baseline", "seconds")}
@@ -66,11 +79,15 @@ KEYS = ["strategy", "dataset", "settings", "quantizer", "bits", "image_bits", "t
         "level"]
 LEVEL_BASELINES = tuple(f"mean_image_{k}" for k in BASELINE_KEYS) + ("classifier_clean_accuracy", "classifier_chance")
 CAPTION = ("Leakage per width: what an honest-but-curious server recovered from what crossed the cut, per knowledge "
-           "level (public-base: it knows the public base model; white-box: also the client weights the protocol "
-           "sent it). Mean over seeds ± the half-width of the 95% Student t interval over seeds (n/a: one seed). "
-           "PSNR in dB (data range 1); accuracies are fractions. Baselines: the public mean image guessed for "
-           "every sample (PSNR), the attack classifier on the clean images and chance (attack accuracy), the "
-           "positional token prior (token accuracy), chance and the majority answer (label accuracy).")
+           "level (public-base: a base model trained on public data only; private-base: the run's base model, "
+           "trained on the clients' data; white-box: also the client weights the protocol sent it). Leakage is "
+           "the best attack per metric and run (the attack that gave it named), mean over seeds ± the half-width "
+           "of the 95% Student t interval over seeds (n/a: one seed); every attack's own scores are in the CSV. "
+           "The ceiling: entropy-coded bits per image that crossed, which no attack can exceed. PSNR in dB (data "
+           "range 1); accuracies are fractions. Baselines: the public mean image guessed for every sample (PSNR), "
+           "the attack classifier on the clean images and chance (attack accuracy), the bits that name the class "
+           "(ceiling), the positional token prior (token accuracy), chance and the majority answer (label "
+           "accuracy; only where the labels stay on the client).")
 
 
 def prefix(attack: str) -> str:
@@ -117,6 +134,21 @@ def per_level(runs: list[Run]) -> pd.DataFrame:
             row.update({f"mean_image_{k}": _float(baselines["mean_image"][k]) for k in BASELINE_KEYS})
             row["classifier_clean_accuracy"] = _float(baselines.get("classifier_clean_accuracy"))
             row["classifier_chance"] = _float(baselines.get("classifier_chance"))
+            best = report.get("best", {})
+            if any(m in best for m in BEST):
+                row.update({f"best_baseline_{k}": row[f"mean_image_{k}"] for k in BASELINE_KEYS})
+            for metric in tuple(BEST) + ("token_accuracy",):
+                if isinstance(best.get(metric), dict):
+                    row[f"best_{metric}"] = _float(best[metric].get("value"))
+                    row[f"best_{metric}_attack"] = str(best[metric].get("attack"))
+            ceiling = report.get("ceiling", {})
+            for modality in ("image", "text"):
+                cell = ceiling.get(modality, {})
+                row[f"ceiling_{modality}_bits"] = _float(cell.get("coded_bits_per_sample"))
+                if modality == "image":
+                    row["ceiling_image_raw_bits"] = _float(cell.get("raw_bits_per_sample"))
+            for key in ("image_bits", "class_bits", "text_bits"):
+                row[key.replace("_bits", "_entropy_bits")] = _float(ceiling.get(key))
             for name, scores in report["attacks"].items():
                 kind = attack_kind(name, scores)
                 if kind is None:
@@ -195,6 +227,12 @@ def privacy_table(runs: list[Run]) -> pd.DataFrame:
             row[column] = float(g[column].mean())
         row["attack"] = ", ".join(sorted(set(g.attack)))
         row.update({c: float(g[c].mean()) for c in LEVEL_BASELINES})
+        for column in CEILING + ("best_token_accuracy",):
+            if column in g and g[column].notna().any():
+                _interval(row, column, g[column])
+        for column in [c for c in g.columns if c.startswith("best_") and c.endswith("_attack")]:
+            counts = g[column].dropna().value_counts()
+            row[column] = ", ".join(f"{name} ({n})" for name, n in counts.items())
         for name, kind in attacks:
             p = prefix(name)
             first = f"{p}_{INTERVAL_SCORES[kind][0]}"
@@ -250,17 +288,31 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     out["task acc."] = [_plus_minus(m, h, 3) for m, h in zip(table.accuracy, table.accuracy_ci95_half_width)]
     attacks = attacks_of(table)
     image = [(n, prefix(n)) for n, k in attacks if k == "image"]
+    if any(n == "best" for n, _ in image):  # the leakage, and the lookup every attack must match
+        image = [(n, p) for n, p in image if n in ("best", "nearest-code")]
     for name, p in image:
-        out[f"{name}: PSNR (dB)"] = [_plus_minus(m, h, 2) for m, h in zip(table[f"{p}_psnr"],
-                                                                          table[f"{p}_psnr_ci95_half_width"])]
+        title = "best attack" if name == "best" else name
         if f"{p}_attack_accuracy" in table:
-            out[f"{name}: attack acc."] = [_plus_minus(m, h, 3) for m, h in zip(
+            out[f"{title}: attack acc."] = [_plus_minus(m, h, 3) for m, h in zip(
                 table[f"{p}_attack_accuracy"], table[f"{p}_attack_accuracy_ci95_half_width"])]
+            if name == "best" and "best_attack_accuracy_attack" in table:
+                out["by"] = table["best_attack_accuracy_attack"].fillna("").astype(str)
+        if name == "nearest-code" and f"{p}_attack_accuracy" in table:
+            continue  # the lookup's attack accuracy: the floor every reported leakage must reach
+        out[f"{title}: PSNR (dB)"] = [_plus_minus(m, h, 2) for m, h in zip(table[f"{p}_psnr"],
+                                                                           table[f"{p}_psnr_ci95_half_width"])]
+        if name == "best":
+            out[f"{title}: SSIM"] = [_plus_minus(m, h, 3) for m, h in zip(table[f"{p}_ssim"],
+                                                                        table[f"{p}_ssim_ci95_half_width"])]
     if image:
         out["mean-image PSNR (dB)"] = ["" if _nan(v) else f"{v:.2f}" for v in table.mean_image_psnr]
         if table.classifier_clean_accuracy.notna().any():
             out["clean acc. / chance"] = [_pair(a, b, 3) for a, b in zip(table.classifier_clean_accuracy,
                                                                           table.classifier_chance)]
+    if "ceiling_image_bits" in table and table.ceiling_image_bits.notna().any():
+        out["ceiling (bits / image)"] = ["" if _nan(v) else f"{v:,.1f}" for v in table.ceiling_image_bits]
+        if table.class_entropy_bits.notna().any():
+            out["class bits"] = ["" if _nan(v) else f"{v:.2f}" for v in table.class_entropy_bits]
     text = [(n, prefix(n)) for n, k in attacks if k == "text"]
     for name, p in text:
         out[f"{name}: token acc."] = [_plus_minus(m, h, 3) for m, h in zip(

@@ -1,14 +1,16 @@
 """The privacy figures, from the privacy table (`analysis.privacy`) and the runs'
 reconstructions.npz; each written as PNG (150 dpi) and PDF by `plots._save`.
 
-- `privacy_vs_bits`: leakage against the width at the cut, a row per image attack (PSNR, with
+- `privacy_vs_bits`: leakage against the width at the cut: the best attack per run (PSNR, with
   the mean-image guess as a line; attack accuracy, with chance and the clean images' accuracy
-  as lines) and a row for the text and label attacks; a curve per quantizer (and per
+  as lines; without a "best", a row per image attack), then the information ceiling (bits per
+  image crossing, the class's bits and the image's entropy as lines) beside each attack's
+  attack accuracy, and a row for the text and label attacks; a curve per quantizer (and per
   strategy, settings, labels mode where they differ), solid at the public-base level, dashed
-  white-box; bars: 95% Student t intervals over seeds.
-- `reconstructions`: the same observed training images (first row) reconstructed by the
-  learned inversion at the public-base level at each width (a row each), from one seed.
-- `tradeoff`: task accuracy against leakage, the bytes a width sends up per training sample
+  private-base, dotted white-box; bars: 95% Student t intervals over seeds.
+- `reconstructions`: the same observed training images (first row) reconstructed by one
+  attack at the strongest level below white-box at each width (a row each), from one seed.
+- `tradeoff`: task accuracy against leakage (the best attack), the bytes a width sends up per training sample
   as colour, a point per width labelled with its bits: the picture for choosing a width.
 
 `note` (for instance the machine the runs were measured on) is added to each figure's title.
@@ -39,7 +41,6 @@ from .stats import t_interval  # noqa: E402
 
 REFERENCES = ("fp32", "fp16", "bf16")
 CURVE_KEYS = ["strategy", "dataset", "settings", "labels", "quantizer", "entropy_coding", "auto", "level"]
-IMAGE_KEY = "public-base/truth"
 MARKERS = "osD^v<>p"
 TEXT_MARKERS = {"nearest-token": "o", "learned-token": "s"}
 MAX_IMAGES = 8
@@ -90,8 +91,11 @@ def _colours(curves) -> dict:
     return {c: cycle[i % len(cycle)] for i, c in enumerate(order)}
 
 
+LINE_STYLES = {"public-base": "-", "private-base": "--", "white-box": ":"}
+
+
 def _style(level: str):
-    return "-" if level == "public-base" else "--"
+    return LINE_STYLES.get(level, "-.")
 
 
 def _references(ax, table: pd.DataFrame, column: str, what: str, unit: str, digits: int, style, colour,
@@ -147,9 +151,13 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
     fp16 / fp32 at 16 / 32, log2 scale."""
     attacks = attacks_of(table)
     image = [n for n, k in attacks if k == "image"]
+    each = [n for n in image if n != "best"]
+    if "best" in image:  # the leakage; each attack's own curve in the panel beside the ceiling
+        image = ["best"]
     text = [n for n, k in attacks if k == "text"]
     labels = [n for n, k in attacks if k == "labels"]
-    rows = len(image) + (1 if text or labels else 0)
+    ceiling = "ceiling_image_bits" in table and table.ceiling_image_bits.notna().any()
+    rows = len(image) + (1 if ceiling else 0) + (1 if text or labels else 0)
     fig, axes = plt.subplots(max(rows, 1), 2, figsize=(13, 4.9 * max(rows, 1)), squeeze=False)
     curves = _curves(table)
     colours = _colours(curves)
@@ -161,7 +169,8 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
         _references(ax_psnr, table, f"{p}_baseline_psnr", "public mean image guessed", " dB", 2, ":", "black")
         _log2_axis(ax_psnr, xs, image_axis)
         ax_psnr.set_ylabel("PSNR of the reconstructions (dB)")
-        ax_psnr.set_title(f"{name}: PSNR (higher: more recovered)")
+        what = "leakage, the best attack per run" if name == "best" else name
+        ax_psnr.set_title(f"{what}: PSNR (higher: more recovered)")
         ax_psnr.legend(fontsize=8)
         if f"{p}_attack_accuracy" in table and table[f"{p}_attack_accuracy"].notna().any():
             xs = _draw(ax_acc, curves, colours, table, "image_bits", f"{p}_attack_accuracy")
@@ -171,13 +180,16 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
             _log2_axis(ax_acc, xs, image_axis)
             plots._fraction_limits(ax_acc)
             ax_acc.set_ylabel("attack accuracy (fraction classified right)")
-            ax_acc.set_title(f"{name}: the class recognised in the reconstructions")
+            ax_acc.set_title(f"{what}: the class recognised in the reconstructions")
             ax_acc.legend(fontsize=8)
         else:
             ax_acc.set_axis_off()
-            ax_acc.set_title(f"{name}: no attack accuracy (the data set has no image classes)")
+            ax_acc.set_title(f"{what}: no attack accuracy (the data set has no image classes)")
+    if ceiling:
+        _ceiling_panel(axes[len(image)][0], curves, colours, table, image_axis)
+        _attacks_panel(axes[len(image)][1], table, each, image_axis)
     if text or labels:
-        ax_tok, ax_lab = axes[len(image)]
+        ax_tok, ax_lab = axes[len(image) + (1 if ceiling else 0)]
         xs = []
         for name in text:
             xs += _draw(ax_tok, curves, colours, table, "text_bits", f"{prefix(name)}_token_accuracy",
@@ -210,8 +222,58 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
         for ax in axes[0]:
             ax.set_axis_off()
     fig.suptitle(plots._title(f"Leakage vs bits at the cut ({_task(table, runs)}; a point: mean over seeds, "
-                              "bars: 95% t CI; dashed: white-box)", note))
+                              "bars: 95% t CI; solid: public-base, dashed: private-base, dotted: white-box)", note))
     return plots._save(fig, Path(out_dir), "privacy_vs_bits")
+
+
+def _ceiling_panel(ax, curves, colours, table: pd.DataFrame, image_axis: str) -> None:
+    """The information ceiling: entropy-coded bits per image that crossed, against the width,
+    beside the bits that name the class and the public images' entropy estimate."""
+    xs = _draw(ax, curves, colours, table, "image_bits", "ceiling_image_bits")
+    _references(ax, table, "image_entropy_bits", "image entropy estimate (independent pixels)", " bits", 0, "-.",
+                "black")
+    _references(ax, table, "class_entropy_bits", "bits that name the class", " bits", 2, ":", "grey")
+    ax.set_yscale("log")
+    _log2_axis(ax, xs, image_axis)
+    ax.set_ylabel("bits per image crossing the cut (entropy coded, log scale)")
+    ax.set_title("Information ceiling: no attack learns more than crosses")
+    ax.legend(fontsize=8)
+
+
+def _attacks_panel(ax, table: pd.DataFrame, attacks: list[str], image_axis: str) -> None:
+    """Each image attack's attack accuracy against the width, for the rows of the most common
+    strategy, data set and labels mode with no other settings, at the strongest level below
+    white-box they have, learned quantizer and full precision."""
+    if not attacks or "classifier_chance" not in table:
+        ax.set_axis_off()
+        return
+    rows = table[(table.settings.astype(str) == "") & table.quantizer.isin(["learned", "fp32"])
+                 & (table.bits.astype(str) != "auto")]
+    if rows.empty:
+        ax.set_axis_off()
+        return
+    for column in ("strategy", "dataset", "labels"):
+        rows = rows[rows[column] == rows[column].value_counts().index[0]]
+    level = "private-base" if (rows.level == "private-base").any() else "public-base"
+    rows = rows[rows.level == level].sort_values("image_bits")
+    xs = []
+    for k, name in enumerate(attacks):
+        column = f"{prefix(name)}_attack_accuracy"
+        if column not in rows or not rows[column].notna().any():
+            continue
+        g = rows[rows[column].notna()]
+        x, y = g.image_bits.to_numpy(dtype=float), g[column].to_numpy(dtype=float)
+        xs += list(x)
+        dodge = 2.0 ** (0.03 * (k - (len(attacks) - 1) / 2))
+        ax.errorbar(x * dodge, y, yerr=plots._bars(y, g[f"{column}_ci95_low"], g[f"{column}_ci95_high"]),
+                    marker=MARKERS[k % len(MARKERS)], capsize=2, label=name)
+    _references(ax, rows, "classifier_chance", "chance", "", 3, ":", "grey")
+    _log2_axis(ax, xs, image_axis)
+    plots._fraction_limits(ax)
+    ax.set_ylabel("attack accuracy (fraction classified right)")
+    first = rows.iloc[0]
+    ax.set_title(f"Each attack ({level}; {first.strategy}, labels at the {first.labels}; fp32 at 32)")
+    ax.legend(fontsize=7)
 
 
 def _task(table: pd.DataFrame, runs: list[Run]) -> str:
@@ -220,12 +282,12 @@ def _task(table: pd.DataFrame, runs: list[Run]) -> str:
 
 
 # --- the reconstructions -----------------------------------------------------------------------
-def _images(path: Path) -> dict:
-    """The public-base arrays of a reconstructions.npz (N x C x H x W uint8 each); ValueError
+def _images(path: Path, level: str = "public-base") -> dict:
+    """The arrays of one level of a reconstructions.npz (N x C x H x W uint8 each); ValueError
     naming the file when it cannot be read or holds something else."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files if k.startswith("public-base/")}
+            arrays = {k: data[k] for k in data.files if k.startswith(f"{level}/")}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path} cannot be read as .npz: {exc}") from None
     for name, array in arrays.items():
@@ -252,18 +314,25 @@ def _show(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def reconstruction_choice(runs: list[Run], attack: str = "learned-inversion") -> list[tuple[str, list[Run]]]:
+def strongest_level(runs: list[Run]) -> str:
+    """"private-base" where some attacked run has it (the run's own base model: the stronger
+    level below white-box), else "public-base"."""
+    return "private-base" if any(r.privacy and "private-base" in r.privacy["levels"] for r in runs) else "public-base"
+
+
+def reconstruction_choice(runs: list[Run], attack: str = "learned-inversion",
+                          level: str = "public-base") -> list[tuple[str, list[Run]]]:
     """Per data set: the runs of the figure, one per width, in the bits order of the other
-    figures. Of the runs with reconstructions of `attack` at the public-base level: the
-    strategy, settings and labels mode with the most widths, and the seed (the lowest of those
-    that most widths have) whose rows show the same samples."""
+    figures. Of the runs with reconstructions of `attack` at `level`: the strategy, settings
+    and labels mode with the most widths, and the seed (the lowest of those that most widths
+    have) whose rows show the same samples."""
     settings = privacy_settings(runs)
-    key = f"public-base/{attack}"
+    key = f"{level}/{attack}"
     usable = []
     for run in runs:
-        if run.privacy and run.reconstructions is not None and "public-base" in run.privacy["levels"]:
-            images = _images(run.reconstructions)
-            if IMAGE_KEY in images and key in images:
+        if run.privacy and run.reconstructions is not None and level in run.privacy["levels"]:
+            images = _images(run.reconstructions, level)
+            if f"{level}/truth" in images and key in images:
                 usable.append(run)
     out = []
     for dataset in sorted({str(r.config.get("dataset", "")) for r in usable}):
@@ -285,34 +354,44 @@ def reconstruction_choice(runs: list[Run], attack: str = "learned-inversion") ->
     return out
 
 
-def _width_label(run: Run) -> str:
+def _width_label(run: Run, level: str = "public-base") -> str:
     text = run.quantizer if run.quantizer in REFERENCES else f"{run.quantizer} {run.bits} b"
-    widths = run.privacy["levels"]["public-base"]["widths"]
+    widths = run.privacy["levels"][level]["widths"]
     if run.bits == "auto":
         text += " (" + ", ".join(f"{m} {b}" for m, b in widths.items()) + ")"
     return text + (" + EC" if run.entropy_coding else "")
 
 
-def reconstructions(runs: list[Run], out_dir: Path, note: str = "", attack: str = "learned-inversion") -> list[Path]:
-    """Originals, then a row per width: the reconstructions by `attack` at the public-base
-    level of one seed (`reconstruction_choice`). A row's label: the quantizer and bits, the
-    attack's PSNR over all attacked samples of the run (privacy.json) and over the images
-    shown. One figure per data set: `reconstructions`, then `reconstructions_<dataset>`."""
+RECONSTRUCTION_ATTACKS = ("mlp-decoder", "learned-inversion")  # the figure's attack: the first the runs have
+
+
+def reconstructions(runs: list[Run], out_dir: Path, note: str = "", attack: str | None = None,
+                    level: str | None = None) -> list[Path]:
+    """Originals, then a row per width: the reconstructions by `attack` (default: the first of
+    `RECONSTRUCTION_ATTACKS` the runs have) at `level` (default: `strongest_level`) of one
+    seed (`reconstruction_choice`). A row's label: the quantizer and bits, the attack's PSNR
+    over all attacked samples of the run (privacy.json) and over the images shown. One figure
+    per data set: `reconstructions`, then `reconstructions_<dataset>`."""
     written = []
-    for i, (dataset, chosen) in enumerate(reconstruction_choice(runs, attack)):
-        images = [_images(r.reconstructions) for r in chosen]
-        truth = images[0][IMAGE_KEY]
+    level = level or strongest_level(runs)
+    if attack is None:
+        attack = next((a for a in RECONSTRUCTION_ATTACKS if reconstruction_choice(runs, a, level)),
+                      RECONSTRUCTION_ATTACKS[-1])
+    image_key = f"{level}/truth"
+    for i, (dataset, chosen) in enumerate(reconstruction_choice(runs, attack, level)):
+        images = [_images(r.reconstructions, level) for r in chosen]
+        truth = images[0][image_key]
         n = min(len(truth), MAX_IMAGES)
         fig, axes = plt.subplots(len(chosen) + 1, n, figsize=(1.25 * n + 2.4, 1.25 * (len(chosen) + 1) + 1.0),
                                  squeeze=False)
-        first = chosen[0].privacy["levels"]["public-base"]
+        first = chosen[0].privacy["levels"][level]
         rows = [(f"original\n(mean image:\n{first['baselines']['mean_image']['psnr']:.2f} dB)", truth)]
         for run, arrays in zip(chosen, images):
-            rec = arrays[f"public-base/{attack}"]
-            scores = run.privacy["levels"]["public-base"]["attacks"].get(attack, {})
-            same = np.array_equal(arrays[IMAGE_KEY][:n], truth[:n])
-            label = (f"{_width_label(run)}\nPSNR {scores.get('psnr', math.nan):.2f} dB\n"
-                     f"(these {n}: {_psnr(rec[:n], arrays[IMAGE_KEY][:n]):.2f} dB)")
+            rec = arrays[f"{level}/{attack}"]
+            scores = run.privacy["levels"][level]["attacks"].get(attack, {})
+            same = np.array_equal(arrays[image_key][:n], truth[:n])
+            label = (f"{_width_label(run, level)}\nPSNR {scores.get('psnr', math.nan):.2f} dB\n"
+                     f"(these {n}: {_psnr(rec[:n], arrays[image_key][:n]):.2f} dB)")
             rows.append((label + ("" if same else "\nother samples!"), rec))
         for r, (label, block) in enumerate(rows):
             for c in range(n):
@@ -325,7 +404,7 @@ def reconstructions(runs: list[Run], out_dir: Path, note: str = "", attack: str 
         run = chosen[0]
         context = ", ".join(x for x in (dataset, run.strategy, privacy_settings(runs)[run.directory],
                                         f"labels at the {run.config.get('labels', '?')}", f"seed {run.seed}") if x)
-        fig.suptitle(plots._title(f"{attack} at the public-base level: the same {n} training images at each "
+        fig.suptitle(plots._title(f"{attack} at the {level} level: the same {n} training images at each "
                                   f"width\n({context})", note), fontsize=10)
         stem = "reconstructions" if i == 0 else "reconstructions_" + re.sub(r"[^A-Za-z0-9._-]+", "_", dataset)
         written += plots._save(fig, Path(out_dir), stem)
@@ -342,7 +421,7 @@ def _point_label(row) -> str:
 
 
 def tradeoff(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: str = "",
-             attack: str = "learned-inversion") -> list[Path]:
+             attack: str = "best") -> list[Path]:
     """Task accuracy (y) against the leakage of `attack` (x), a point per width at each
     knowledge level (filled: public-base; hollow, dashed: white-box), labelled with its bits,
     coloured by the activation bytes it sends up per training sample (log colour scale), with

@@ -53,8 +53,9 @@ LEVEL_KEYS = ("quantizer", "widths", "labels", "samples", "baselines", "attacks"
 BASELINE_KEYS = ("mse", "psnr", "ssim")  # of the mean-image guess, in baselines["mean_image"]
 # the attacks by kind, and the scores each kind must have; an attack of another name is of
 # the kind whose first score it has, and left out when it has none
-ATTACK_KINDS = {"image": ("learned-inversion", "rmle", "unsplit"), "text": ("nearest-token", "learned-token"),
-                "labels": ("labels",)}
+ATTACK_KINDS = {"image": ("best", "nearest-code", "knn-mean", "code-classifier", "learned-inversion", "mlp-decoder",
+                          "conv-decoder", "rmle", "unsplit"),
+                "text": ("nearest-token", "learned-token"), "labels": ("labels",)}
 ATTACK_SCORES = {"image": ("mse", "psnr", "ssim", "baseline"), "text": ("token_accuracy", "baseline_accuracy"),
                  "labels": ("accuracy", "chance", "majority_baseline")}
 

@@ -83,9 +83,15 @@ def summary_table(summary: dict, directory: str) -> str:
         for kind, cell in sorted(kinds.items()):
             lines.append(f"{direction:9s} {kind:12s} {cell['ideal']:>14,} {cell['serialized']:>17,}")
     for level, row in summary.get("privacy", {}).items():
-        lines.append(f"\nattacks ({level}, {row['samples']} training samples; mean image {row['baseline_psnr']:.2f} dB):")
+        ceiling = (f"; ceiling {row['ceiling_bits_per_image']:.1f} bits per image"
+                   if "ceiling_bits_per_image" in row else "")
+        lines.append(f"\nattacks ({level}, {row['samples']} training samples; mean image {row['baseline_psnr']:.2f} dB"
+                     f"{ceiling}):")
+        if row.get("best"):
+            lines.append("  leakage, best attack per metric: " + "  ".join(
+                f"{k} {v['value']:.3f} ({v['attack']})" for k, v in row["best"].items()))
         for attack, scores in row.items():
-            if isinstance(scores, dict):
+            if isinstance(scores, dict) and attack != "best":
                 lines.append(f"  {attack:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return "\n".join(lines)
 

@@ -40,6 +40,7 @@ class BaseSpec:
     batch_size: int
     test_fraction: float
     dataset_options: tuple = ()  # sorted (key, value) pairs
+    pool: str = "train"  # what it trains on: "train" (the training split) or "held-out" (the held-out split)
 
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> "BaseSpec":
@@ -50,6 +51,8 @@ class BaseSpec:
         fields = asdict(self)
         if not fields["dataset_options"]:  # keeps the names of caches made before options existed
             del fields["dataset_options"]
+        if fields["pool"] == "train":  # ... and before pools existed
+            del fields["pool"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_config(self, vocab_size: int, **overrides) -> TinyLlavaConfig:

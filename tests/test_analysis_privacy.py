@@ -425,7 +425,7 @@ def test_leakage_vs_bits_draws_the_intervals_and_baselines(figures):
     drawn = [bound for segment in segments for bound in segment[:, 1]]
     expected = [bound for b in (1, 2, 4) for bound in interval(*SCORES[("parallel", "learned", b, "public-base")][0])[1:]]
     assert drawn == pytest.approx(expected, abs=1e-3)  # 12 ± 6.353, 13 ± 12.706, 14.5 ± 6.353
-    assert bars["sequential: learned (white-box)"].lines[0].get_linestyle() == "--"
+    assert bars["sequential: learned (white-box)"].lines[0].get_linestyle() == ":"  # white-box dotted
     assert bars["sequential: learned (public-base)"].lines[0].get_linestyle() == "-"
     lines = {line.get_label(): line for line in psnr.get_lines() if line.get_label().startswith("public mean")}
     (label, line), = lines.items()

@@ -47,10 +47,14 @@ def test_the_run_writes_its_attacks(attacked):
     summary = json.loads((directory / "summary.json").read_text())
     assert set(privacy["levels"]) == {"public-base", "white-box"}  # sequential sends the client part through the server
     for level in privacy["levels"].values():
-        assert set(level["attacks"]) == {"learned-inversion", "nearest-token", "learned-token", "labels"}
+        assert set(level["attacks"]) == {"nearest-code", "knn-mean", "code-classifier", "learned-inversion",
+                                         "mlp-decoder", "conv-decoder", "nearest-token", "learned-token", "labels"}
+        image = {k: v for k, v in level["attacks"].items() if "attack_accuracy" in v}
+        assert level["best"]["attack_accuracy"]["value"] == max(v["attack_accuracy"] for v in image.values())
         assert level["attacks"]["labels"]["accuracy"] == 1.0  # d loss / d logits give every label away
         assert level["attacks"]["learned-inversion"]["samples"] == len(report.observation)
     assert summary["privacy"]["public-base"]["labels"] == {"accuracy": 1.0}
+    assert summary["privacy"]["public-base"]["best"] == privacy["levels"]["public-base"]["best"]
     images = np.load(directory / runs.RECONSTRUCTIONS_FILE)
     assert images["public-base/truth"].shape == images["public-base/learned-inversion"].shape == (8, 3, 8, 8)
     assert images["public-base/truth"].dtype == np.uint8

@@ -6,21 +6,28 @@ receives: per training batch, the payloads of each modality (image and text toke
 cut, as quantized codes or raw floats; the server dequantizes them itself), the question
 lengths, and what the label protocol sends (the labels themselves with labels at the server;
 d loss / d logits with labels at the client; in the U-shaped split, d loss / d output for
-its output at the answer position). What it may know besides, in levels:
-    (a) auxiliary data from the clients' distribution, disjoint from every client's
-        partition (a "public" slice, size configurable: `scenario.build_scenario(aux_images=)`);
-    (b) the public base model that split fine-tuning starts from, its client part included
-        (level "public-base": the attacker uses the base weights for the client part);
+its output at the answer position). What it may know besides:
+    (a) auxiliary data from the clients' distribution that no client trains on (a "public"
+        slice of the held-out split, size configurable: `scenario.build_scenario(aux_images=)`);
+    (b) a base model for the client part, by level: "public-base", one trained on public
+        data only; "private-base", the base model split fine-tuning starts from (in the
+        Flower runs trained on the clients' data: `runs.py` says which is which);
     (c) white-box: the client part's current weights, where the protocol sends them through
         the server (sequential split learning and SplitFed do).
-Ground truth is used to score an attack, never by it.
+Ground truth is used to score an attack, never by it. An attack's figure is a lower bound on
+what leaks: the report's leakage is the best attack per metric, and the information ceiling
+bounds it from above.
 
 One attack per module, one interface: an `Observation` (what the server received) and a
 `Knowledge` (levels a-c) in, a `Reconstruction`, `InferredTokens` or `InferredLabels` out.
-    inversion     learned inversion: an inverse network trained on auxiliary data
+    public        the public images as the server would receive them (simulated codes), and
+                  the split of the public images every attack tunes on
+    nearest       the nearest public code's image (no training), and the k-nearest mean
+    inversion     learned decoders: the inverse network, an MLP and a conv decoder
     optimisation  rMLE (known weights) and UnSplit (surrogate client part)
     text          question tokens: nearest word through the quantizer, or a learned decoder
     labels        labels from d loss / d logits (exact) and from U-shaped gradients
+    ceiling       the bits per sample that crossed (entropy coded): what no attack can exceed
     metrics       MSE, PSNR, SSIM, the mean-image baseline, the attack classifier, accuracies
     run           every applicable attack on one observation -> a JSON-able dict; figures
     scenario      a run's data, the victim client, the auxiliary slice and the base model
@@ -36,10 +43,16 @@ One attack per module, one interface: an `Observation` (what the server received
     report = run_attacks(obs, knowledge, ClientTruth.of(sc.client_data, sc.client_classes))
 """
 
+from .ceiling import information_ceiling
+from .code_classifier import code_classifier_inversion
 from .inversion import (
+                          DECODERS,
+                          ConvDecoder,
                           InverseNetwork,
                           InversionBudget,
+                          MLPDecoder,
                           learned_inversion,
+                          train_decoder,
                           train_inverse_network,
 )
 from .labels import (
@@ -69,7 +82,9 @@ from .observation import (
                           to_pixels,
                           to_unit,
 )
+from .nearest import knn_mean_inversion, nearest_code_inversion
 from .optimisation import OptimisationBudget, rmle_inversion, unsplit_inversion
+from .public import PublicCodes, simulate_codes
 from .run import (
                           ATTACKS,
                           figure_reconstructions,
@@ -81,7 +96,9 @@ from .scenario import Scenario, build_scenario
 from .text import TextBudget, learned_tokens, nearest_tokens, positional_prior
 
 __all__ = [
-    "ATTACKS", "AttackClassifier", "ClientTruth", "InferredLabels", "InferredTokens", "InverseNetwork",
+    "ATTACKS", "AttackClassifier", "ClientTruth", "ConvDecoder", "DECODERS", "InferredLabels", "InferredTokens",
+    "InverseNetwork", "MLPDecoder", "PublicCodes", "information_ceiling", "knn_mean_inversion",
+    "code_classifier_inversion", "nearest_code_inversion", "simulate_codes", "train_decoder",
     "InversionBudget", "Knowledge", "Observation", "ObservedBatch", "OptimisationBudget", "Reconstruction",
     "Scenario", "TextBudget", "build_scenario", "figure_reconstructions", "image_scores", "infer_labels",
     "labels_from_hidden_grads", "labels_from_logit_grads", "learned_inversion", "learned_tokens",

@@ -2,8 +2,8 @@
 
 Runs the attacks again on a finished run, from what its server kept (observation.pt, written
 when the run had `attack` set), with the run's own config, seed and base model; writes
-privacy.json and reconstructions.npz (into RUN_DIR, or --out) and prints the headline
-numbers. With the run's settings it gives the run's numbers; --attack and --attack-steps
+privacy.json and reconstructions.npz (into RUN_DIR, or --out; into RUN_DIR, the privacy
+entry of its summary.json is brought up to date too) and prints the headline numbers. With the run's settings it gives the run's numbers; --attack and --attack-steps
 change what is run.
 """
 
@@ -65,7 +65,15 @@ def main(argv=None) -> int:
     out = args.out or args.run
     os.makedirs(out, exist_ok=True)
     runs.write(out, report, images)
-    print(json.dumps(runs.summary(report), indent=2))
+    headline = runs.summary(report)
+    if os.path.abspath(out) == os.path.abspath(args.run):
+        path = os.path.join(args.run, "summary.json")
+        with open(path) as f:
+            summary = json.load(f)
+        summary["privacy"] = headline
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
+    print(json.dumps(headline, indent=2))
     print(f"wrote {os.path.join(out, runs.PRIVACY_FILE)}, {os.path.join(out, runs.RECONSTRUCTIONS_FILE)}")
     return 0
 

@@ -1,23 +1,30 @@
-"""Learned inversion (He et al.'s inverse network): a decoder from what the server receives
-back to the image, trained on auxiliary data.
+"""Learned inversion: a decoder from what the server receives back to the image, trained on
+the attacker's public data (He et al.'s inverse network, and two plainer decoders beside it).
 
-The attacker pushes its auxiliary images through its copy of the client part and the same
-quantizer at the same widths, in batches of the clients' batch size (the learned quantizer's
-statistics are per batch), each pass over the data in a fresh random grouping, and trains
-the decoder on exactly what the server receives: the dequantized values of the image tokens
-(B x N x d). The decoder is then applied to the client's observed values. The architecture
-and the training budget are the same at every width.
+Each decoder is trained on the simulated public codes (`public.simulate_codes`: exactly what
+the server would receive for the public images, at the observed quantizer, widths and batch
+size) against the public images, then applied to the client's observed values. Three
+architectures, one training routine and one budget, the same at every width:
 
-Decoder: a linear embedding of each token plus a learned position embedding, a small
-pre-norm transformer encoder over the N tokens (the vision tower mixes information across
-patches, so the inverse must too), a linear map of each token to its patch of pixels, and a
-convolutional refinement of the assembled image; sigmoid to [0, 1]. When every auxiliary
-image is grey (equal channels), the channels' mean is copied to all (a prior the auxiliary
-data shows). Loss: mean squared error against the image in [0, 1].
+    learned-inversion  a linear embedding of each token plus a learned position embedding, a
+                       small pre-norm transformer encoder over the N tokens (the vision tower
+                       mixes information across patches, so the inverse must too), a linear
+                       map of each token to its patch of pixels, a convolutional refinement
+    mlp-decoder        the N x d values flattened, two hidden layers, one output per pixel
+    conv-decoder       the tokens as a grid of d-channel pixels, convolutions, nearest
+                       upsampling to the image size, convolutions
+
+Every decoder ends in a sigmoid to [0, 1]; when every public image is grey (equal channels)
+the channels' mean is copied to all (a prior the public data shows). Loss: mean squared
+error against the image in [0, 1]. Tuning on public data only: the decoder trains on the
+public images' fitting part and the checkpoint with the lowest validation MSE (every
+`eval_every` steps, on the held-out public images) is the one applied to the observation;
+training stops early after `patience` checks without a better one (at most `steps`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -25,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .metrics import shift_images
-from .observation import Knowledge, Observation, Reconstruction, seeded, to_pixels
+from .observation import Knowledge, Observation, Reconstruction, seeded
+from .public import PublicCodes, simulate_codes
 
 
 @dataclass(frozen=True)
@@ -36,23 +43,37 @@ class InversionBudget:
     steps: int = 1500  # optimizer steps
     batch_size: int = 64  # decoder training batch
     lr: float = 2e-3
-    passes: int = 4  # passes of the auxiliary data through the client part (each a fresh batch grouping)
-    max_shift: int = 0  # random translations of the auxiliary images (pixels), 0: none
-    hidden: int = 96
+    passes: int = 4  # passes of the public data through the client part (each a fresh batch grouping)
+    max_shift: int = 0  # random translations of the public images (pixels), 0: none
+    hidden: int = 96  # learned-inversion: token width; mlp-decoder: 4x this per hidden layer
     layers: int = 1
     heads: int = 4
-    refine: int = 16  # channels of the convolutional refinement
+    refine: int = 16  # channels of the convolutional refinement (conv-decoder: twice this)
+    eval_every: int = 100  # steps between validation checks (the best checkpoint is kept)
+    patience: int = 5  # checks without a better validation MSE before training stops (0: never stops early)
+
+
+def _grid(num_tokens: int, image_size: int) -> tuple[int, int]:
+    """(tokens per side, pixels per token side) of the image tokens' square grid."""
+    grid = math.isqrt(num_tokens)
+    if grid * grid != num_tokens or image_size % grid:
+        raise ValueError(f"{num_tokens} image tokens do not tile a {image_size} x {image_size} image")
+    return grid, image_size // grid
+
+
+def _finish(images: torch.Tensor, grey: bool) -> torch.Tensor:
+    return images.mean(1, keepdim=True).expand_as(images) if grey else images
 
 
 class InverseNetwork(nn.Module):
+    """The learned inversion's decoder (module doc)."""
+
     def __init__(self, num_tokens: int, dim: int, image_size: int, channels: int = 3, hidden: int = 96,
                  layers: int = 1, heads: int = 4, refine: int = 16, grey: bool = False):
         super().__init__()
         self.grey = grey
-        grid = math.isqrt(num_tokens)
-        if grid * grid != num_tokens or image_size % grid:
-            raise ValueError(f"{num_tokens} image tokens do not tile a {image_size} x {image_size} image")
-        self.grid, self.patch, self.channels = grid, image_size // grid, channels
+        self.grid, self.patch = _grid(num_tokens, image_size)
+        self.channels = channels
         self.embed = nn.Linear(dim, hidden)
         self.position = nn.Parameter(torch.zeros(1, num_tokens, hidden))
         layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, activation="gelu",
@@ -69,46 +90,82 @@ class InverseNetwork(nn.Module):
         b, g, p, c = h.shape[0], self.grid, self.patch, self.channels
         patches = self.to_patch(h).view(b, g, g, c, p, p)
         coarse = patches.permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * p, g * p)
-        images = torch.sigmoid(coarse + self.refine(coarse))
-        return images.mean(1, keepdim=True).expand_as(images) if self.grey else images
+        return _finish(torch.sigmoid(coarse + self.refine(coarse)), self.grey)
+
+
+class MLPDecoder(nn.Module):
+    """The N x d values flattened, two hidden layers of 4 x `hidden` units, a pixel each out."""
+
+    def __init__(self, num_tokens: int, dim: int, image_size: int, channels: int = 3, hidden: int = 96,
+                 grey: bool = False, **_):
+        super().__init__()
+        self.grey, self.shape = grey, (channels, image_size, image_size)
+        width = 4 * hidden
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(num_tokens * dim, width), nn.GELU(), nn.Linear(width, width),
+                                 nn.GELU(), nn.Linear(width, channels * image_size * image_size))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return _finish(torch.sigmoid(self.net(tokens.float())).view(-1, *self.shape), self.grey)
+
+
+class ConvDecoder(nn.Module):
+    """The tokens as a grid of d-channel pixels: convolutions, nearest upsampling by the
+    patch size, convolutions, 2 x `refine` channels."""
+
+    def __init__(self, num_tokens: int, dim: int, image_size: int, channels: int = 3, refine: int = 16,
+                 grey: bool = False, **_):
+        super().__init__()
+        hidden = 2 * refine
+        self.grey = grey
+        self.grid, patch = _grid(num_tokens, image_size)
+        self.net = nn.Sequential(
+            nn.Conv2d(dim, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
+            nn.Upsample(scale_factor=patch, mode="nearest"), nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
+            nn.Conv2d(hidden, channels, 3, padding=1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, d = tokens.shape
+        grid = tokens.float().transpose(1, 2).reshape(b, d, self.grid, self.grid)
+        return _finish(torch.sigmoid(self.net(grid)), self.grey)
+
+
+DECODERS = {"learned-inversion": InverseNetwork, "mlp-decoder": MLPDecoder, "conv-decoder": ConvDecoder}
+
+
+def build_decoder(attack: str, codes: PublicCodes, budget: InversionBudget) -> nn.Module:
+    if attack not in DECODERS:
+        raise ValueError(f"unknown decoder attack {attack!r}: choose one of {', '.join(DECODERS)}")
+    _, n, d = codes.values.shape
+    return DECODERS[attack](n, d, codes.images.shape[-1], codes.images.shape[1], hidden=budget.hidden,
+                            layers=budget.layers, heads=budget.heads, refine=budget.refine, grey=codes.grey)
 
 
 @torch.no_grad()
-def aux_features(knowledge: Knowledge, quantizer: str, widths: dict[str, int], batch_size: int, passes: int,
-                 max_shift: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, images): the dequantized image tokens the server would receive for the
-    auxiliary images, pass after pass, each pass in a fresh random grouping into batches of
-    `batch_size`; images in [0, 1] (randomly translated when `max_shift` > 0)."""
-    part = knowledge.client_part(quantizer, widths)
-    images = knowledge.aux_images
-    background = float(images[..., 0, 0].mean())
-    text = torch.zeros(1, 1, dtype=torch.long)  # the image tokens never see the text (it comes after them)
-    values, targets = [], []
-    for _ in range(passes):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images), batch_size):
-            x = shift_images(images[order[start:start + batch_size]], max_shift, generator, background)
-            feats = part.features(to_pixels(x), text.expand(len(x), 1))
-            values.append(part.encoders["image"](feats.image).values)
-            targets.append(x)
-    return torch.cat(values), torch.cat(targets)
+def _validation_mse(net: nn.Module, values: torch.Tensor, images: torch.Tensor, batch: int = 512) -> float:
+    net.eval()
+    total = sum(float(nn.functional.mse_loss(net(values[i:i + batch]), images[i:i + batch], reduction="sum"))
+                for i in range(0, len(values), batch))
+    net.train()
+    return total / images.numel()
 
 
-def train_inverse_network(knowledge: Knowledge, quantizer: str, widths: dict[str, int], batch_size: int,
-                          budget: InversionBudget = InversionBudget(), seed: int = 0) -> InverseNetwork:
-    """The decoder, trained on the auxiliary data's image tokens as the server would receive
-    them with this quantizer, these widths and this client batch size."""
-    generator = torch.Generator().manual_seed(seed)
-    values, images = aux_features(knowledge, quantizer, widths, batch_size, budget.passes, budget.max_shift, generator)
+def train_decoder(attack: str, codes: PublicCodes, budget: InversionBudget = InversionBudget(),
+                  seed: int = 0) -> tuple[nn.Module, dict]:
+    """One decoder trained on the fitting part of `codes`, its checkpoint chosen on the
+    validation part; (decoder, {"validation_mse", "best_step", "steps"})."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    values, images = codes.part(validation=False)
+    val_values, val_images = codes.part(validation=True)
     with seeded(seed):
-        net = InverseNetwork(values.shape[1], values.shape[2], images.shape[-1], images.shape[1], budget.hidden,
-                             budget.layers, budget.heads, budget.refine, grey=bool((images == images[:, :1]).all()))
+        net = build_decoder(attack, codes, budget)
         optimizer = torch.optim.AdamW(net.parameters(), lr=budget.lr, weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=budget.lr, total_steps=max(budget.steps, 1),
                                                        pct_start=0.05)
         net.train()
+        best = (_validation_mse(net, val_values, val_images), 0, copy.deepcopy(net.state_dict()))
         order, position = torch.randperm(len(values), generator=generator), 0
-        for _ in range(budget.steps):
+        step = 0
+        for step in range(1, budget.steps + 1):
             if position + budget.batch_size > len(values):
                 order, position = torch.randperm(len(values), generator=generator), 0
             idx = order[position:position + budget.batch_size]
@@ -118,22 +175,44 @@ def train_inverse_network(knowledge: Knowledge, quantizer: str, widths: dict[str
             loss.backward()
             optimizer.step()
             schedule.step()
-    return net.eval()
+            if step % budget.eval_every == 0 or step == budget.steps:
+                score = _validation_mse(net, val_values, val_images)
+                if score < best[0]:
+                    best = (score, step, copy.deepcopy(net.state_dict()))
+                elif budget.patience and step - best[1] >= budget.patience * budget.eval_every:
+                    break
+        net.load_state_dict(best[2])
+    return net.eval(), {"validation_mse": best[0], "best_step": best[1], "steps": step if budget.steps else 0}
+
+
+def train_inverse_network(knowledge: Knowledge, quantizer: str, widths: dict[str, int], batch_size: int,
+                          budget: InversionBudget = InversionBudget(), seed: int = 0,
+                          attack: str = "learned-inversion") -> nn.Module:
+    """A decoder trained on the public data's image tokens as the server would receive them
+    with this quantizer, these widths and this client batch size."""
+    codes = simulate_codes(knowledge, quantizer, widths, batch_size, budget.passes, seed, budget.max_shift)
+    return train_decoder(attack, codes, budget, seed)[0]
 
 
 @torch.no_grad()
-def invert(net: InverseNetwork, observation: Observation) -> torch.Tensor:
+def invert(net: nn.Module, observation: Observation) -> torch.Tensor:
     """The decoder applied to every observed batch's image tokens."""
     return torch.cat([net(b.values("image")) for b in observation.batches])
 
 
 def learned_inversion(observation: Observation, knowledge: Knowledge, budget: InversionBudget = InversionBudget(),
-                      seed: int = 0, net: InverseNetwork | None = None) -> Reconstruction:
-    """Train the inverse network on the auxiliary data (unless given) and reconstruct every
-    observed image."""
+                      seed: int = 0, net: nn.Module | None = None, attack: str = "learned-inversion",
+                      codes: PublicCodes | None = None) -> Reconstruction:
+    """Train the decoder `attack` on the public data (unless given; `codes`: the simulated
+    public codes, made here when not given) and reconstruct every observed image."""
     started = time.perf_counter()
+    tuning = {}
     if net is None:
-        net = train_inverse_network(knowledge, observation.quantizer, observation.widths, observation.batch_size,
-                                    budget, seed)
+        if codes is None:
+            codes = simulate_codes(knowledge, observation.quantizer, observation.widths, observation.batch_size,
+                                   budget.passes, seed, budget.max_shift)
+        net, tuning = train_decoder(attack, codes, budget, seed)
     images = invert(net, observation)
-    return Reconstruction("learned-inversion", images, observation.indices, time.perf_counter() - started)
+    return Reconstruction(attack, images, observation.indices, time.perf_counter() - started, tuning)
+
+

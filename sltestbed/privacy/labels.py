@@ -13,7 +13,10 @@ the answer position): g = W^T (softmax(W h) - onehot(y)) / B, with W the client'
         and names the candidate with the highest cosine similarity to g. Candidates: the
         answers seen in the auxiliary data.
     pairwise direction attack (Li et al. 2022, no knowledge needed): two samples have the
-        same label iff their gradients' cosine similarity is positive.
+        same label iff their gradients' cosine similarity is above a threshold, chosen from
+        the batch's cosines themselves: the midpoint of the two centres of a 2-means split of
+        the distinct pairs' cosines (same-label pairs point one way, different-label pairs
+        another; the split needs no label). The fixed threshold 0 is reported beside it.
 """
 
 from __future__ import annotations
@@ -49,10 +52,32 @@ def labels_from_hidden_grads(grads: torch.Tensor, hidden: torch.Tensor, head_wei
     return candidates[score.argmax(-1)]
 
 
-def same_label_pairs(grads: torch.Tensor) -> torch.Tensor:
-    """Li et al.'s direction attack: B x B, True where two gradients point the same way."""
-    unit = nn.functional.normalize(grads.detach().float(), dim=-1)
-    return unit @ unit.T > 0
+def cosines(grads: torch.Tensor) -> torch.Tensor:
+    """B x B cosine similarities of the rows of `grads`."""
+    unit = nn.functional.normalize(grads.detach().double(), dim=-1)
+    return unit @ unit.T
+
+
+def two_cluster_threshold(values: torch.Tensor) -> float:
+    """The midpoint of the two centres of a 2-means split of `values` (1-D, seeded); the
+    single value when all are equal."""
+    from sklearn.cluster import KMeans
+
+    x = values.detach().double().reshape(-1, 1).numpy()
+    if len(x) < 2 or float(x.max() - x.min()) == 0.0:
+        return float(x.mean()) if len(x) else 0.0
+    centres = KMeans(n_clusters=2, n_init=10, random_state=0).fit(x).cluster_centers_.ravel()
+    return float(centres.mean())
+
+
+def same_label_pairs(grads: torch.Tensor, threshold: float | str = "two-cluster") -> torch.Tensor:
+    """Li et al.'s direction attack: B x B, True where two gradients' cosine is above the
+    threshold: a number, or "two-cluster" (chosen from the distinct pairs' cosines, module doc)."""
+    cos = cosines(grads)
+    if threshold == "two-cluster":
+        off = ~torch.eye(len(cos), dtype=torch.bool)
+        threshold = two_cluster_threshold(cos[off])
+    return cos > float(threshold)
 
 
 def pairwise_accuracy(predicted_same: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

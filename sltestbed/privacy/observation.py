@@ -25,7 +25,7 @@ from ..quantizers import Payload, dequantize
 from ..roles import load_client_state
 from ..trainer import TensorData
 
-LEVELS = ("public-base", "white-box")
+LEVELS = ("public-base", "private-base", "white-box")
 LABEL_MODES = ("server", "client", "u-shaped")
 
 
@@ -201,6 +201,7 @@ class Reconstruction:
     images: torch.Tensor  # n x C x H x W in [0, 1]
     indices: torch.Tensor  # the samples' rows (from the observation)
     seconds: float = 0.0
+    tuning: dict = field(default_factory=dict)  # what the attack chose on the public validation images
 
 
 @dataclass

@@ -1,8 +1,17 @@
-"""Every applicable attack on one observation, scored against the client's true samples.
+"""Every applicable attack on one observation, scored against the client's true samples, and
+the leakage the report stands by: per metric, the best attack.
 
     report = run_attacks(observation, knowledge, truth)       # a JSON-able dict
+    report["best"]["attack_accuracy"]                         # {"value": ..., "attack": ...}
     images = figure_reconstructions(observation, knowledge, truth, samples=8)
     save_figure(images, "reconstructions.png")
+
+An attack's figure is a lower bound on what leaks, so the report's leakage is the maximum
+over the attacks run (PSNR, SSIM and attack accuracy; MSE the minimum), each attack named
+beside it, with the information ceiling (`ceiling.py`) as the bound from above. The image
+attacks share one set of simulated public codes (`public.simulate_codes`) and one split of
+the public images for tuning; each gets a stated budget (`InversionBudget` for the decoders
+and the codes, `OptimisationBudget`, `TextBudget`), the same at every width.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ from dataclasses import asdict
 
 import torch
 
-from .inversion import InversionBudget, learned_inversion
+from .ceiling import information_ceiling
+from .code_classifier import code_classifier_inversion
+from .inversion import DECODERS, InversionBudget, learned_inversion
 from .labels import answer_candidates, infer_labels, pairwise_accuracy, same_label_pairs
 from .metrics import (
     AttackClassifier,
@@ -21,18 +32,42 @@ from .metrics import (
     mean_image_baseline,
     token_accuracy,
 )
+from .nearest import K_CHOICES, nearest_code_inversion
 from .observation import ClientTruth, Knowledge, Observation, Reconstruction
 from .optimisation import OptimisationBudget, rmle_inversion, unsplit_inversion
+from .public import PublicCodes, simulate_codes
 from .text import TextBudget, learned_tokens, nearest_tokens, positional_prior
 
-IMAGE_ATTACKS = ("learned-inversion", "rmle", "unsplit")
+LOOKUP_ATTACKS = ("nearest-code", "knn-mean")  # no training: the nearest simulated public codes
+DECODER_ATTACKS = tuple(DECODERS)  # learned-inversion, mlp-decoder, conv-decoder
+CODE_ATTACKS = LOOKUP_ATTACKS + DECODER_ATTACKS + ("code-classifier",)  # from the simulated public codes
+OPTIMISATION_ATTACKS = ("rmle", "unsplit")
+IMAGE_ATTACKS = CODE_ATTACKS + OPTIMISATION_ATTACKS
 TEXT_ATTACKS = ("nearest-token", "learned-token")
 ATTACKS = IMAGE_ATTACKS + TEXT_ATTACKS + ("labels",)
+BEST_IMAGE = {"psnr": max, "ssim": max, "attack_accuracy": max, "mse": min}  # metric -> the better end
 
 
-def applicable(knowledge: Knowledge) -> tuple[str, ...]:
-    """The attacks that apply: nearest-neighbour token recovery only at cut "connector"."""
-    return tuple(a for a in ATTACKS if a != "nearest-token" or knowledge.cut_layers == 0)
+def applicable(knowledge: Knowledge, labels: str = "server") -> tuple[str, ...]:
+    """The attacks that apply: nearest-neighbour token recovery only at cut "connector"; rMLE
+    (which needs the client part's weights) only white-box; the code classifier only with the
+    public images' classes; label inference only where the labels are meant to stay on the
+    client (with labels at the server they are sent: there is nothing to infer)."""
+    return tuple(a for a in ATTACKS if (a != "nearest-token" or knowledge.cut_layers == 0)
+                 and (a != "rmle" or knowledge.level == "white-box")
+                 and (a != "code-classifier" or knowledge.aux_classes is not None)
+                 and (a != "labels" or labels != "server"))
+
+
+def best_of(results: dict, metrics: dict) -> dict:
+    """Per metric, the best value over the attacks that report it and the attack's name."""
+    best = {}
+    for metric, pick in metrics.items():
+        scored = {name: r[metric] for name, r in results.items() if metric in r}
+        if scored:
+            name = pick(scored, key=lambda n: scored[n])
+            best[metric] = {"value": scored[name], "attack": name}
+    return best
 
 
 def train_classifier(knowledge: Knowledge, seed: int = 0, **options) -> AttackClassifier | None:
@@ -42,12 +77,25 @@ def train_classifier(knowledge: Knowledge, seed: int = 0, **options) -> AttackCl
     return AttackClassifier.fit(knowledge.aux_images, knowledge.aux_classes, seed=seed, **options)
 
 
+def public_codes(observation: Observation, knowledge: Knowledge, budget: InversionBudget, seed: int) -> PublicCodes:
+    return simulate_codes(knowledge, observation.quantizer, observation.widths, observation.batch_size, budget.passes,
+                          seed, budget.max_shift)
+
+
 def reconstruct(attack: str, observation: Observation, knowledge: Knowledge, seed: int = 0,
-                inversion: InversionBudget | None = None,
-                optimisation: OptimisationBudget | None = None) -> Reconstruction:
+                inversion: InversionBudget | None = None, optimisation: OptimisationBudget | None = None,
+                codes: PublicCodes | None = None) -> Reconstruction:
+    """One image attack's reconstructions of the observed samples; `codes`: the simulated
+    public codes to share between attacks (made here when needed and not given)."""
     inversion, optimisation = inversion or InversionBudget(), optimisation or OptimisationBudget()
-    if attack == "learned-inversion":
-        return learned_inversion(observation, knowledge, inversion, seed)
+    if attack in CODE_ATTACKS:
+        codes = codes if codes is not None else public_codes(observation, knowledge, inversion, seed)
+        if attack == "code-classifier":
+            return code_classifier_inversion(observation, knowledge, codes, seed)
+        if attack in DECODER_ATTACKS:
+            return learned_inversion(observation, knowledge, inversion, seed, attack=attack, codes=codes)
+        return nearest_code_inversion(observation, knowledge, seed=seed, codes=codes,
+                                      k=1 if attack == "nearest-code" else None, name=attack)
     if attack == "rmle":
         return rmle_inversion(observation, knowledge, optimisation, seed)
     if attack == "unsplit":
@@ -62,6 +110,12 @@ def score_reconstruction(rec: Reconstruction, knowledge: Knowledge, truth: Clien
            "baseline": mean_image_baseline(knowledge.aux_images, target)}
     if classifier is not None and truth.classes is not None:
         out["attack_accuracy"] = classifier.accuracy(rec.images, truth.classes[rec.indices])
+    tuning = dict(rec.tuning)
+    predicted = tuning.pop("predicted_classes", None)
+    if predicted is not None and truth.classes is not None:
+        out["predicted_class_accuracy"] = float((torch.tensor(predicted) == truth.classes[rec.indices]).float().mean())
+    if tuning:
+        out["tuning"] = tuning
     return out
 
 
@@ -76,7 +130,7 @@ def run_attacks(observation: Observation, knowledge: Knowledge, truth: ClientTru
     `image_samples` observed images ("truth") and each image attack's reconstructions."""
     inversion, optimisation = inversion or InversionBudget(), optimisation or OptimisationBudget()
     text = text or TextBudget()
-    attacks = applicable(knowledge) if attacks is None else tuple(attacks)
+    attacks = applicable(knowledge, observation.labels) if attacks is None else tuple(attacks)
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown}: choose from {', '.join(ATTACKS)}")
@@ -86,10 +140,13 @@ def run_attacks(observation: Observation, knowledge: Knowledge, truth: ClientTru
         "cut": knowledge.cut, "labels": observation.labels, "samples": len(indices),
         "batch_size": observation.batch_size, "batches": len(observation.batches), "seed": seed,
         "aux_samples": len(knowledge.aux),
-        "budgets": {"inversion": asdict(inversion), "optimisation": asdict(optimisation), "text": asdict(text)},
+        "budgets": {"inversion": asdict(inversion), "optimisation": asdict(optimisation), "text": asdict(text),
+                    "nearest": {"passes": inversion.passes, "k_choices": list(K_CHOICES)}},
         "baselines": {"mean_image": mean_image_baseline(knowledge.aux_images, truth.images[indices])},
+        "ceiling": information_ceiling(observation, knowledge),
         "attacks": {},
     }
+    codes = None
     if any(a in IMAGE_ATTACKS for a in attacks):
         if classifier is None:
             started = time.perf_counter()
@@ -101,7 +158,9 @@ def run_attacks(observation: Observation, knowledge: Knowledge, truth: ClientTru
             report["baselines"]["classifier_chance"] = 1.0 / classifier.classes
     for attack in attacks:
         if attack in IMAGE_ATTACKS:
-            rec = reconstruct(attack, observation, knowledge, seed, inversion, optimisation)
+            if codes is None and attack in CODE_ATTACKS:
+                codes = public_codes(observation, knowledge, inversion, seed)
+            rec = reconstruct(attack, observation, knowledge, seed, inversion, optimisation, codes)
             result = score_reconstruction(rec, knowledge, truth, classifier)
             if images is not None:
                 images.setdefault("truth", truth.images[rec.indices[:image_samples]])
@@ -128,14 +187,20 @@ def run_attacks(observation: Observation, knowledge: Knowledge, truth: ClientTru
             if observation.labels == "u-shaped":
                 pairs = [pairwise_accuracy(same_label_pairs(b.hidden_grads), truth.labels[b.indices])
                          for b in observation.batches]
+                zero = [pairwise_accuracy(same_label_pairs(b.hidden_grads, 0.0), truth.labels[b.indices])[0]
+                        for b in observation.batches]
                 result["pairwise_direction_accuracy"] = sum(p[0] for p in pairs) / len(pairs)
+                result["pairwise_zero_threshold_accuracy"] = sum(zero) / len(zero)
                 result["pairwise_baseline"] = sum(p[1] for p in pairs) / len(pairs)
         report["attacks"][attack] = result
+    results = report["attacks"]
+    report["best"] = best_of({n: r for n, r in results.items() if n in IMAGE_ATTACKS}, BEST_IMAGE)
+    report["best"].update(best_of({n: r for n, r in results.items() if n in TEXT_ATTACKS}, {"token_accuracy": max}))
     return report
 
 
 def figure_reconstructions(observation: Observation, knowledge: Knowledge, truth: ClientTruth, *, samples: int = 8,
-                           attacks: tuple[str, ...] = ("learned-inversion", "rmle"), seed: int = 0,
+                           attacks: tuple[str, ...] = ("nearest-code", "learned-inversion", "rmle"), seed: int = 0,
                            inversion: InversionBudget | None = None,
                            optimisation: OptimisationBudget | None = None) -> dict[str, torch.Tensor]:
     """The first `samples` observed images and each attack's reconstructions of them

@@ -1,12 +1,27 @@
 """The attacks on one training run, from its config: the attacker's knowledge (the public
-slice, the base model, the client weights the protocol sent the server), the clients' true
+slice, a base model, the client weights the protocol sent the server), the clients' true
 samples to score against, each knowledge level, and what is written to the run directory.
 
     report, images = attack_run(cfg, observation, base, client_state, clients)
 
-The public slice is `public-size` whole images of the held-out split, drawn with the run's
-seed: images no client trains on (so it is disjoint from every client's partition), and
-drawing it there leaves every client's data, and so every accuracy, as it is without attacks.
+The public pool is the held-out split: no client trains on it, so none of it is ever in a
+training batch the server observes (the clients' test shards are cut from it, and evaluation
+passes them through the cut, but only training batches are attacked). The public slice is
+`public-size` whole images of it, drawn with the run's seed; drawing it there leaves every
+client's data, and so every accuracy, as it is without attacks.
+
+Knowledge levels, weakest first (each attack runs at each level that applies):
+    public-base    the attacker's own base model, trained like the run's (same recipe,
+                   preset and seed) on the public pool only: no client's data touched it
+                   (`public_base_dir`). The default.
+    private-base   the run's base model, which split fine-tuning starts from. With
+                   base=auto it is the centralized reference trained on the training split,
+                   i.e. on the clients' data: every attacked image was in its training set.
+                   A stronger level, kept for comparison.
+    white-box      the client part's current weights on top, where the protocol sends them
+                   through the server (sequential split learning and SplitFed).
+With a base of the run's own (a model directory) or none (seeded random weights), that model
+is public: it is the public-base level and there is no private-base level.
 
 Written beside the run's results: privacy.json (every attack's scores next to its baselines,
 per knowledge level), reconstructions.npz (the first observed images and their
@@ -23,19 +38,40 @@ import os
 import numpy as np
 import torch
 
+from ..base_model import BaseSpec, ensure_base_model
 from ..experiment import ExperimentConfig
+from ..model import TinyLlava
 from ..splits import client_data, client_records, question_types, splits
 from ..trainer import TensorData
 from .inversion import InversionBudget
 from .metrics import AttackClassifier
 from .observation import ClientTruth, Knowledge, Observation, to_unit
-from .run import ATTACKS, applicable, run_attacks
+from .run import ATTACKS, OPTIMISATION_ATTACKS, applicable, run_attacks
 from .scenario import image_classes, select_images
 
 PRIVACY_FILE = "privacy.json"
 RECONSTRUCTIONS_FILE = "reconstructions.npz"
 OBSERVATION_FILE = "observation.pt"
-ATTACK_SETS = {"inversion": ("learned-inversion", "nearest-token", "learned-token", "labels"), "all": ATTACKS}
+ATTACK_SETS = {"inversion": tuple(a for a in ATTACKS if a not in OPTIMISATION_ATTACKS), "all": ATTACKS}
+
+
+def public_base_dir(cfg: ExperimentConfig, log=print) -> str:
+    """The attacker's public base model: the run's base recipe on the public pool (the
+    held-out split) alone, trained now unless cached (module doc)."""
+    _, test, tokenizer, collator = splits(cfg)
+    spec = BaseSpec.of(cfg)
+    spec = BaseSpec(**{**spec.__dict__, "pool": "held-out"})
+    pool = TensorData(test, collator, question_types(cfg))
+    # held-out accuracy in its training record is on the pool itself: no other data is public
+    return ensure_base_model("auto", spec, cfg.cache_dir, lambda: (pool, pool), len(tokenizer), progress=False,
+                             log_fn=lambda m: log(f"public {m}"))
+
+
+def knowledge_bases(cfg: ExperimentConfig, base: TinyLlava, log=print) -> dict[str, TinyLlava]:
+    """The base model of each level below white-box (module doc)."""
+    if cfg.base != "auto":
+        return {"public-base": base}
+    return {"public-base": TinyLlava.from_pretrained(public_base_dir(cfg, log)), "private-base": base}
 
 
 def public_slice(cfg: ExperimentConfig) -> tuple[TensorData, torch.Tensor | None]:
@@ -78,20 +114,23 @@ def attack_classifier(cfg: ExperimentConfig, aux: TensorData, aux_classes) -> At
 
 def attack_run(cfg: ExperimentConfig, observation: Observation, base, client_state: dict | None, clients,
                log=print) -> tuple[dict, dict]:
-    """Every attack of `cfg.attack` at each knowledge level that applies: the public base
-    always, white-box where the server was sent client weights (`client_state`). Returns the
-    report and, per level, the first images and their reconstructions."""
+    """Every attack of `cfg.attack` at each knowledge level that applies (module doc): the
+    public base always, the run's base where it is not public, white-box where the server was
+    sent client weights (`client_state`). `base`: the run's base model. Returns the report
+    and, per level, the first images and their reconstructions."""
     if cfg.attack not in ATTACK_SETS:
         raise ValueError(f"attack {cfg.attack!r}: choose one of {', '.join(ATTACK_SETS)}")
     aux, aux_classes = public_slice(cfg)
     truth = client_truth(cfg, clients)
     classifier = attack_classifier(cfg, aux, aux_classes)
-    levels = {"public-base": None} | ({"white-box": client_state} if client_state is not None else {})
+    levels = {name: (model, None) for name, model in knowledge_bases(cfg, base, log).items()}
+    if client_state is not None:
+        levels["white-box"] = (base, client_state)
     report = {"attack": cfg.attack, "public_images": cfg.public_size, "levels": {}}
     images = {}
-    for level, state in levels.items():
-        knowledge = Knowledge(aux, base, cfg.cut, client_state=state, level=level, aux_classes=aux_classes)
-        attacks = tuple(a for a in applicable(knowledge) if a in ATTACK_SETS[cfg.attack])
+    for level, (model, state) in levels.items():
+        knowledge = Knowledge(aux, model, cfg.cut, client_state=state, level=level, aux_classes=aux_classes)
+        attacks = tuple(a for a in applicable(knowledge, observation.labels) if a in ATTACK_SETS[cfg.attack])
         log(f"attacks ({level}): {', '.join(attacks)} on {len(observation)} observed samples")
         images[level] = {}
         report["levels"][level] = run_attacks(observation, knowledge, truth, attacks=attacks, seed=cfg.seed,
@@ -101,11 +140,15 @@ def attack_run(cfg: ExperimentConfig, observation: Observation, base, client_sta
 
 
 def summary(report: dict) -> dict:
-    """The headline numbers per level: per image attack PSNR, SSIM, attack accuracy (and the
-    mean-image baseline), token and label accuracy."""
+    """The headline numbers per level: the best attack per metric (the leakage), per image
+    attack PSNR, SSIM, attack accuracy (and the mean-image baseline), token and label
+    accuracy, and the coded bits per image sample (the ceiling)."""
     out = {}
     for level, r in report["levels"].items():
-        row = {"samples": r["samples"], "baseline_psnr": r["baselines"]["mean_image"]["psnr"]}
+        row = {"samples": r["samples"], "baseline_psnr": r["baselines"]["mean_image"]["psnr"],
+               "best": {k: v for k, v in r.get("best", {}).items()}}
+        if "image" in r.get("ceiling", {}):
+            row["ceiling_bits_per_image"] = r["ceiling"]["image"]["coded_bits_per_sample"]
         for attack, a in r["attacks"].items():
             keys = ("psnr", "ssim", "attack_accuracy") if "psnr" in a else ("token_accuracy",) if "token_accuracy" in a \
                 else ("accuracy",)
