@@ -221,7 +221,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
     if not rows:
         for ax in axes[0]:
             ax.set_axis_off()
-    fig.suptitle(plots._title(f"Leakage vs bits at the cut ({_task(table, runs)}; a point: mean over seeds, "
+    fig.suptitle(plots._title(f"Leakage vs bits at the cut ({_task(table, runs)};\na point: mean over seeds, "
                               "bars: 95% t CI; solid: public-base, dashed: private-base, dotted: white-box)", note))
     return plots._save(fig, Path(out_dir), "privacy_vs_bits")
 
@@ -423,7 +423,8 @@ def _point_label(row) -> str:
 def tradeoff(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: str = "",
              attack: str = "best") -> list[Path]:
     """Task accuracy (y) against the leakage of `attack` (x), a point per width at each
-    knowledge level (filled: public-base; hollow, dashed: white-box), labelled with its bits,
+    knowledge level (filled, solid: public-base; hollow: private-base dashed, white-box dotted),
+    labelled with its bits,
     coloured by the activation bytes it sends up per training sample (log colour scale), with
     95% t intervals over seeds on both axes. The left panel's leakage is attack accuracy
     (whether the class of a training image can be read off its reconstruction): it runs from
@@ -495,10 +496,13 @@ def tradeoff(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: str = ""
     handles = [matplotlib.lines.Line2D([], [], marker=marker_of[s], linestyle="none", markerfacecolor="white",
                                        markeredgecolor="black", label=s) for s in strategies]
     if (rows.level != "public-base").any():
-        handles += [matplotlib.lines.Line2D([], [], marker="o", color="0.55", markerfacecolor="0.55",
-                                            markeredgecolor="black", label="public-base (filled, solid)"),
-                    matplotlib.lines.Line2D([], [], marker="o", color="0.55", linestyle="--", markerfacecolor="none",
-                                            markeredgecolor="0.3", label="white-box (hollow, dashed)")]
+        for level in [lv for lv in LINE_STYLES if (rows.level == lv).any()]:
+            filled = level == "public-base"
+            style = {"-": "solid", "--": "dashed", ":": "dotted"}[LINE_STYLES[level]]
+            handles.append(matplotlib.lines.Line2D(
+                [], [], marker="o", color="0.55", linestyle=LINE_STYLES[level],
+                markerfacecolor="0.55" if filled else "none", markeredgecolor="black" if filled else "0.3",
+                label=f"{level} ({'filled' if filled else 'hollow'}, {style})"))
     for ax in axes:
         ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=8, loc="lower right")
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax)
