@@ -22,7 +22,7 @@ from sltestbed.privacy import (
     simulate_codes,
     train_decoder,
 )
-from sltestbed.privacy.labels import pairwise_accuracy, same_label_pairs, two_cluster_threshold
+from sltestbed.privacy.labels import cluster_threshold, pairwise_accuracy, same_label_pairs
 from sltestbed.privacy.nearest import choose_k, nearest
 from sltestbed.privacy.public import distinct_images
 from sltestbed.privacy.run import IMAGE_ATTACKS, applicable
@@ -186,7 +186,7 @@ def test_the_ceiling_counts_the_bits_that_crossed(digits):
     assert 0 < ceiling["image_bits"] <= 64 * 8  # 64 grey pixels of at most 8 bits each
 
 
-def test_two_cluster_threshold_where_zero_fails():
+def test_cluster_threshold_where_zero_fails():
     """Every pair points the same way (cosines all positive): the fixed threshold 0 calls every
     pair "same label"; the threshold from the cosines separates them."""
     g = torch.Generator().manual_seed(0)
@@ -201,7 +201,10 @@ def test_two_cluster_threshold_where_zero_fails():
     chosen, _ = pairwise_accuracy(same_label_pairs(grads), labels)
     assert zero == pytest.approx(14 / 56)  # "same" for every pair: right for the 14 same-label ones of 56
     assert chosen == 1.0
-    assert two_cluster_threshold(torch.tensor([0.1, 0.12, 0.9, 0.95])) == pytest.approx((0.11 + 0.925) / 2)
+    assert cluster_threshold(torch.tensor([0.1, 0.12, 0.9, 0.95])) == pytest.approx((0.11 + 0.925) / 2)
+    # a tight top cluster above a broad spread: the threshold falls between them, not inside the spread
+    spread = torch.cat([torch.linspace(-0.9, 0.3, 60), torch.full((12,), 0.95) + torch.linspace(-0.02, 0.02, 12)])
+    assert 0.3 < cluster_threshold(spread) < 0.93
 
 
 def test_labels_are_attacked_only_where_they_stay_on_the_client(digits):

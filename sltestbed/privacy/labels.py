@@ -14,9 +14,13 @@ the answer position): g = W^T (softmax(W h) - onehot(y)) / B, with W the client'
         answers seen in the auxiliary data.
     pairwise direction attack (Li et al. 2022, no knowledge needed): two samples have the
         same label iff their gradients' cosine similarity is above a threshold, chosen from
-        the batch's cosines themselves: the midpoint of the two centres of a 2-means split of
-        the distinct pairs' cosines (same-label pairs point one way, different-label pairs
-        another; the split needs no label). The fixed threshold 0 is reported beside it.
+        the batch's cosines themselves, with no label: same-label pairs point one way and
+        their cosines form one tight cluster near +1, while different-label pairs spread
+        with the pair of labels, so the distinct pairs' cosines are clustered (k-means, k
+        of 2..5 by the silhouette score) and the threshold lies halfway between the two
+        highest centres. (A 2-means split cuts the broad different-label spread instead:
+        on the README's U-shaped runs it got 0.81 of the pairs right, the fixed threshold
+        0 0.79.) The fixed threshold 0 is reported beside it.
 """
 
 from __future__ import annotations
@@ -58,25 +62,36 @@ def cosines(grads: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
-def two_cluster_threshold(values: torch.Tensor) -> float:
-    """The midpoint of the two centres of a 2-means split of `values` (1-D, seeded); the
-    single value when all are equal."""
+def cluster_threshold(values: torch.Tensor, max_clusters: int = 5, sample_size: int = 2000) -> float:
+    """A threshold between the top cluster of `values` (1-D) and the rest, with no labels:
+    k-means for k = 2..`max_clusters` (seeded), k chosen by the silhouette score (on a seeded
+    sample of at most `sample_size` values), the threshold halfway between the two highest
+    centres. The single value when all are equal."""
     from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
 
     x = values.detach().double().reshape(-1, 1).numpy()
-    if len(x) < 2 or float(x.max() - x.min()) == 0.0:
+    distinct = len(set(x.ravel().tolist()))
+    if distinct < 2:
         return float(x.mean()) if len(x) else 0.0
-    centres = KMeans(n_clusters=2, n_init=10, random_state=0).fit(x).cluster_centers_.ravel()
-    return float(centres.mean())
+    best = None
+    for k in range(2, min(max_clusters, distinct - 1 if distinct > 2 else 2) + 1):
+        fit = KMeans(n_clusters=k, n_init=10, random_state=0).fit(x)
+        score = (silhouette_score(x, fit.labels_, sample_size=min(sample_size, len(x)), random_state=0)
+                 if distinct > 2 else 1.0)
+        if best is None or score > best[0]:
+            best = (score, fit.cluster_centers_.ravel())
+    top = sorted(best[1])[-2:]
+    return float(sum(top) / 2)
 
 
-def same_label_pairs(grads: torch.Tensor, threshold: float | str = "two-cluster") -> torch.Tensor:
+def same_label_pairs(grads: torch.Tensor, threshold: float | str = "clusters") -> torch.Tensor:
     """Li et al.'s direction attack: B x B, True where two gradients' cosine is above the
-    threshold: a number, or "two-cluster" (chosen from the distinct pairs' cosines, module doc)."""
+    threshold: a number, or "clusters" (chosen from the distinct pairs' cosines, module doc)."""
     cos = cosines(grads)
-    if threshold == "two-cluster":
+    if threshold == "clusters":
         off = ~torch.eye(len(cos), dtype=torch.bool)
-        threshold = two_cluster_threshold(cos[off])
+        threshold = cluster_threshold(cos[off])
     return cos > float(threshold)
 
 
