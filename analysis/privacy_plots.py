@@ -158,7 +158,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
     labels = [n for n, k in attacks if k == "labels"]
     ceiling = "ceiling_image_bits" in table and table.ceiling_image_bits.notna().any()
     rows = len(image) + (1 if ceiling else 0) + (1 if text or labels else 0)
-    fig, axes = plt.subplots(max(rows, 1), 2, figsize=(13, 4.9 * max(rows, 1)), squeeze=False)
+    fig, axes = plt.subplots(max(rows, 1), 2, figsize=(14, 6.2 * max(rows, 1)), squeeze=False)
     curves = _curves(table)
     colours = _colours(curves)
     image_axis = "bits per image element sent up (bits, log scale)"
@@ -171,7 +171,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
         ax_psnr.set_ylabel("PSNR of the reconstructions (dB)")
         what = "leakage, the best attack per run" if name == "best" else name
         ax_psnr.set_title(f"{what}: PSNR (higher: more recovered)")
-        ax_psnr.legend(fontsize=8)
+        ax_psnr.legend(fontsize=6, framealpha=0.5)
         if f"{p}_attack_accuracy" in table and table[f"{p}_attack_accuracy"].notna().any():
             xs = _draw(ax_acc, curves, colours, table, "image_bits", f"{p}_attack_accuracy")
             _references(ax_acc, table, "classifier_clean_accuracy", "classifier on the clean images", "", 3, "-.",
@@ -181,7 +181,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
             plots._fraction_limits(ax_acc)
             ax_acc.set_ylabel("attack accuracy (fraction classified right)")
             ax_acc.set_title(f"{what}: the class recognised in the reconstructions")
-            ax_acc.legend(fontsize=8)
+            ax_acc.legend(fontsize=6, framealpha=0.5)
         else:
             ax_acc.set_axis_off()
             ax_acc.set_title(f"{what}: no attack accuracy (the data set has no image classes)")
@@ -200,7 +200,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
             plots._fraction_limits(ax_tok)
             ax_tok.set_ylabel("question tokens recovered (fraction)")
             ax_tok.set_title("Text attacks: token accuracy")
-            ax_tok.legend(fontsize=8)
+            ax_tok.legend(fontsize=6, framealpha=0.5)
         else:
             ax_tok.set_axis_off()
         xs = []
@@ -215,7 +215,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
             plots._fraction_limits(ax_lab)
             ax_lab.set_ylabel("labels inferred right (fraction)")
             ax_lab.set_title("Label inference: accuracy")
-            ax_lab.legend(fontsize=8)
+            ax_lab.legend(fontsize=6, framealpha=0.5)
         else:
             ax_lab.set_axis_off()
     if not rows:
@@ -237,7 +237,7 @@ def _ceiling_panel(ax, curves, colours, table: pd.DataFrame, image_axis: str) ->
     _log2_axis(ax, xs, image_axis)
     ax.set_ylabel("bits per image crossing the cut (entropy coded, log scale)")
     ax.set_title("Information ceiling: no attack learns more than crosses")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6, framealpha=0.5)
 
 
 def _attacks_panel(ax, table: pd.DataFrame, attacks: list[str], image_axis: str) -> None:
@@ -273,7 +273,7 @@ def _attacks_panel(ax, table: pd.DataFrame, attacks: list[str], image_axis: str)
     ax.set_ylabel("attack accuracy (fraction classified right)")
     first = rows.iloc[0]
     ax.set_title(f"Each attack ({level}; {first.strategy}, labels at the {first.labels}; fp32 at 32)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, framealpha=0.5)
 
 
 def _task(table: pd.DataFrame, runs: list[Run]) -> str:
