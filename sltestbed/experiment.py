@@ -18,7 +18,7 @@ from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES, implied_bi
 from .trainer import MODULE_GROUPS
 
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
-ATTACKS = ("none", "inversion", "all")  # after training: none; learned inversion, tokens, labels; and optimisation
+ATTACKS = ("none", "inversion", "all")  # after training: none; lookups, code classifier, decoders, tokens, labels; and optimisation
 FAULTS = ("raise", "stall", "kill")  # the testing hook: the ClientApp raises, answers too late, or its process dies
 CACHE_DIR = os.path.join(".cache", "sltestbed")  # where base models are cached (relative: to the working directory)
 
@@ -61,7 +61,7 @@ class ExperimentConfig:
     attack: str = "none"  # after training, attacks on what the server received: none, inversion, all
     public_size: int = 300  # images of the public slice the attacker knows (drawn from the held-out split)
     attack_samples: int = 512  # training samples the server keeps for the attacks (whole batches, seeded)
-    attack_steps: int = 1500  # the learned inversion's optimizer steps (the same at every width)
+    attack_steps: int = 1500  # the decoders' most optimizer steps (the same at every width)
     output_dir: str = "results"
     run_name: str = ""
     cache_dir: str = CACHE_DIR
