@@ -3,8 +3,8 @@
 Runs the attacks again on a finished run, from what its server kept (observation.pt, written
 when the run had `attack` set), with the run's own config, seed and base model; writes
 privacy.json and reconstructions.npz (into RUN_DIR, or --out; into RUN_DIR, the privacy
-entry of its summary.json is brought up to date too) and prints the headline numbers. With the run's settings it gives the run's numbers; --attack and --attack-steps
-change what is run.
+entry of its summary.json is brought up to date too) and prints the headline numbers. With
+the run's settings it gives the run's numbers; --attack and --attack-steps change what is run.
 """
 
 from __future__ import annotations

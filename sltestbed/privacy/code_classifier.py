@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .observation import Knowledge, Observation, Reconstruction
-from .public import PublicCodes, observed_values
+from .public import PublicCodes, code_classes, observed_values
 
 C_CHOICES = (0.01, 0.1, 1.0, 10.0)
 
@@ -33,17 +33,12 @@ def _fit(values: torch.Tensor, classes: torch.Tensor, c: float, seed: int):
                                                                             classes.numpy())
 
 
-def code_classes(knowledge: Knowledge, codes: PublicCodes) -> torch.Tensor:
-    """The class of each public code's image."""
-    if knowledge.aux_classes is None:
-        raise ValueError("the code classifier needs the public images' classes")
-    return knowledge.aux_classes[codes.rows]
-
-
 def code_classifier_inversion(observation: Observation, knowledge: Knowledge, codes: PublicCodes,
                               seed: int = 0) -> Reconstruction:
     started = time.perf_counter()
     classes = code_classes(knowledge, codes)
+    if classes is None:
+        raise ValueError("the code classifier needs the public images' classes")
     fit, val = ~codes.validation, codes.validation
     scores = {c: float((_fit(codes.values[fit], classes[fit], c, seed).predict(codes.values[val].flatten(1).double()
                                                                               .numpy()) == classes[val].numpy()).mean())

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .observation import Knowledge, Observation, Reconstruction, seeded
-from .public import PublicCodes, simulate_codes
+from .public import PublicCodes, codes_for, simulate_codes
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def train_decoder(attack: str, codes: PublicCodes, budget: InversionBudget = Inv
                 elif budget.patience and step - best[1] >= budget.patience * budget.eval_every:
                     break
         net.load_state_dict(best[2])
-    return net.eval(), {"validation_mse": best[0], "best_step": best[1], "steps": step if budget.steps else 0}
+    return net.eval(), {"validation_mse": best[0], "best_step": best[1], "steps": step}
 
 
 def train_inverse_network(knowledge: Knowledge, quantizer: str, widths: dict[str, int], batch_size: int,
@@ -209,10 +209,7 @@ def learned_inversion(observation: Observation, knowledge: Knowledge, budget: In
     tuning = {}
     if net is None:
         if codes is None:
-            codes = simulate_codes(knowledge, observation.quantizer, observation.widths, observation.batch_size,
-                                   budget.passes, seed, budget.max_shift)
+            codes = codes_for(observation, knowledge, budget.passes, seed, budget.max_shift)
         net, tuning = train_decoder(attack, codes, budget, seed)
     images = invert(net, observation)
     return Reconstruction(attack, images, observation.indices, time.perf_counter() - started, tuning)
-
-

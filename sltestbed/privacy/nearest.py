@@ -24,7 +24,7 @@ import time
 import torch
 
 from .observation import Knowledge, Observation, Reconstruction
-from .public import PublicCodes, observed_values, simulate_codes
+from .public import PublicCodes, code_classes, codes_for, observed_values
 
 K_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 METRICS = ("euclidean", "standardized", "cosine", "token-cosine")
@@ -103,9 +103,8 @@ def nearest_code_inversion(observation: Observation, knowledge: Knowledge, passe
     The metric is chosen on them too (module doc)."""
     started = time.perf_counter()
     if codes is None:
-        codes = simulate_codes(knowledge, observation.quantizer, observation.widths, observation.batch_size, passes,
-                               seed)
-    classes = knowledge.aux_classes[codes.rows] if knowledge.aux_classes is not None else None
+        codes = codes_for(observation, knowledge, passes, seed)
+    classes = code_classes(knowledge, codes)
     metric, metric_scores = choose_metric(codes, classes)
     tuning = {"metric": metric, "validation_" + ("accuracy" if classes is not None else "mse"): metric_scores}
     if k is None:

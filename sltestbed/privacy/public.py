@@ -94,6 +94,18 @@ def simulate_codes(knowledge: Knowledge, quantizer: str, widths: dict[str, int],
     return PublicCodes(torch.cat(values), torch.cat(targets), rows, ids[rows], held[rows])
 
 
+def codes_for(observation: Observation, knowledge: Knowledge, passes: int, seed: int,
+              max_shift: int = 0) -> PublicCodes:
+    """The public codes at the observation's quantizer, widths and client batch size."""
+    return simulate_codes(knowledge, observation.quantizer, observation.widths, observation.batch_size, passes, seed,
+                          max_shift)
+
+
+def code_classes(knowledge: Knowledge, codes: PublicCodes) -> torch.Tensor | None:
+    """The class of each public code's image (None where the public images have none)."""
+    return None if knowledge.aux_classes is None else knowledge.aux_classes[codes.rows]
+
+
 def observed_values(observation: Observation) -> torch.Tensor:
     """Every observed batch's dequantized image tokens, in observation order (n x N x d)."""
     return torch.cat([b.values("image") for b in observation.batches])

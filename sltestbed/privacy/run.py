@@ -35,7 +35,7 @@ from .metrics import (
 from .nearest import K_CHOICES, nearest_code_inversion
 from .observation import ClientTruth, Knowledge, Observation, Reconstruction
 from .optimisation import OptimisationBudget, rmle_inversion, unsplit_inversion
-from .public import PublicCodes, simulate_codes
+from .public import PublicCodes, codes_for
 from .text import TextBudget, learned_tokens, nearest_tokens, positional_prior
 
 LOOKUP_ATTACKS = ("nearest-code", "knn-mean")  # no training: the nearest simulated public codes
@@ -77,11 +77,6 @@ def train_classifier(knowledge: Knowledge, seed: int = 0, **options) -> AttackCl
     return AttackClassifier.fit(knowledge.aux_images, knowledge.aux_classes, seed=seed, **options)
 
 
-def public_codes(observation: Observation, knowledge: Knowledge, budget: InversionBudget, seed: int) -> PublicCodes:
-    return simulate_codes(knowledge, observation.quantizer, observation.widths, observation.batch_size, budget.passes,
-                          seed, budget.max_shift)
-
-
 def reconstruct(attack: str, observation: Observation, knowledge: Knowledge, seed: int = 0,
                 inversion: InversionBudget | None = None, optimisation: OptimisationBudget | None = None,
                 codes: PublicCodes | None = None) -> Reconstruction:
@@ -89,7 +84,8 @@ def reconstruct(attack: str, observation: Observation, knowledge: Knowledge, see
     public codes to share between attacks (made here when needed and not given)."""
     inversion, optimisation = inversion or InversionBudget(), optimisation or OptimisationBudget()
     if attack in CODE_ATTACKS:
-        codes = codes if codes is not None else public_codes(observation, knowledge, inversion, seed)
+        codes = codes if codes is not None else codes_for(observation, knowledge, inversion.passes, seed,
+                                                          inversion.max_shift)
         if attack == "code-classifier":
             return code_classifier_inversion(observation, knowledge, codes, seed)
         if attack in DECODER_ATTACKS:
@@ -159,7 +155,7 @@ def run_attacks(observation: Observation, knowledge: Knowledge, truth: ClientTru
     for attack in attacks:
         if attack in IMAGE_ATTACKS:
             if codes is None and attack in CODE_ATTACKS:
-                codes = public_codes(observation, knowledge, inversion, seed)
+                codes = codes_for(observation, knowledge, inversion.passes, seed, inversion.max_shift)
             rec = reconstruct(attack, observation, knowledge, seed, inversion, optimisation, codes)
             result = score_reconstruction(rec, knowledge, truth, classifier)
             if images is not None:

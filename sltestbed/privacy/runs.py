@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -59,12 +60,13 @@ def public_base_dir(cfg: ExperimentConfig, log=print) -> str:
     """The attacker's public base model: the run's base recipe on the public pool (the
     held-out split) alone, trained now unless cached (module doc)."""
     _, test, tokenizer, collator = splits(cfg)
-    spec = BaseSpec.of(cfg)
-    spec = BaseSpec(**{**spec.__dict__, "pool": "held-out"})
-    pool = TensorData(test, collator, question_types(cfg))
-    # held-out accuracy in its training record is on the pool itself: no other data is public
-    return ensure_base_model("auto", spec, cfg.cache_dir, lambda: (pool, pool), len(tokenizer), progress=False,
-                             log_fn=lambda m: log(f"public {m}"))
+
+    def data():  # collated only when the model must be trained; its "held-out" accuracy is on the pool itself
+        pool = TensorData(test, collator, question_types(cfg))
+        return pool, pool
+
+    return ensure_base_model("auto", replace(BaseSpec.of(cfg), pool="held-out"), cfg.cache_dir, data, len(tokenizer),
+                             progress=False, log_fn=lambda m: log(f"public {m}"))
 
 
 def knowledge_bases(cfg: ExperimentConfig, base: TinyLlava, log=print) -> dict[str, TinyLlava]:
