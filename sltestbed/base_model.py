@@ -40,12 +40,14 @@ class BaseSpec:
     batch_size: int
     test_fraction: float
     dataset_options: tuple = ()  # sorted (key, value) pairs
-    pool: str = "train"  # what it trains on: "train" (the training split) or "held-out" (the held-out split)
+    pool: str = "train"  # what it trains on: "train" (the clients' training split) or "public" (the public pool)
+    public_fraction: float = 0.0  # the splits' public pool (0: none, the two-way split of older caches)
 
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> "BaseSpec":
         """The base model of a run."""
-        return cls(cfg.dataset, cfg.preset, None, cfg.seed, cfg.base_epochs, cfg.base_lr, BATCH_SIZE, cfg.test_fraction)
+        return cls(cfg.dataset, cfg.preset, None, cfg.seed, cfg.base_epochs, cfg.base_lr, BATCH_SIZE, cfg.test_fraction,
+                   public_fraction=cfg.public_fraction)
 
     def key(self) -> str:
         fields = asdict(self)
@@ -53,6 +55,8 @@ class BaseSpec:
             del fields["dataset_options"]
         if fields["pool"] == "train":  # ... and before pools existed
             del fields["pool"]
+        if not fields["public_fraction"]:  # ... and before the public split existed
+            del fields["public_fraction"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_config(self, vocab_size: int, **overrides) -> TinyLlavaConfig:

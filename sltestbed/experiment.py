@@ -47,7 +47,8 @@ class ExperimentConfig:
     partitioner: str = "iid"
     alpha: float = 0.5
     fraction: float = 1.0
-    test_fraction: float = 0.2
+    test_fraction: float = 0.2  # of the images: the held-out split, sharded among the clients for evaluation
+    public_fraction: float = 0.2  # of the images: the attacker's public pool, in no client's data (`splits`)
     train_modules: str = "connector,quantizers,lm"
     distortion_weight: float = 0.25
     base: str = "auto"
@@ -59,7 +60,7 @@ class ExperimentConfig:
     benchmark_roundtrips: int = 0  # N > 0: N bare Flower round trips after training, to compare a step with
     save_model: bool = False  # write the trained model (server part + a client's part) to <run>/model
     attack: str = "none"  # after training, attacks on what the server received: none, inversion, all
-    public_size: int = 300  # images of the public slice the attacker knows (drawn from the held-out split)
+    public_size: int = 300  # images of the public slice the attacker knows (drawn from the public pool)
     attack_samples: int = 512  # training samples the server keeps for the attacks (whole batches, seeded)
     attack_steps: int = 1500  # the decoders' most optimizer steps (the same at every width)
     output_dir: str = "results"
@@ -138,6 +139,9 @@ class ExperimentConfig:
             raise ValueError(f"run config 'fraction' = {self.fraction} is out of range: must be in (0, 1]")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"run config 'test-fraction' = {self.test_fraction} is out of range: must be in (0, 1)")
+        if not 0 < self.public_fraction < 1 or self.test_fraction + self.public_fraction >= 1:
+            raise ValueError(f"run config 'public-fraction' = {self.public_fraction} is out of range: must be in "
+                             f"(0, 1) and leave training data beside 'test-fraction' = {self.test_fraction}")
         if self.distortion_weight < 0:
             raise ValueError("run config 'distortion-weight' must be >= 0")
         for group in self.modules:

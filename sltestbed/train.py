@@ -43,7 +43,8 @@ def log(message: str) -> None:
 
 def base_spec(args) -> BaseSpec:
     return BaseSpec(args.dataset, args.preset, args.image_size, args.seed, args.base_epochs, args.base_lr,
-                    BASE_BATCH_SIZE, args.test_fraction, tuple(sorted(args.dataset_options.items())))
+                    BASE_BATCH_SIZE, args.test_fraction, tuple(sorted(args.dataset_options.items())),
+                    public_fraction=args.public_fraction)
 
 
 def train_split(args, quantizer: str, bits: int | None, base_dir: str | None, train_data, test_data, vocab_size) -> dict:
@@ -76,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="split fine-tuning batch size")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--public-fraction", type=float, default=d.public_fraction,
+                   help="of the images: the attacker's public pool, trained on by no one here")
     p.add_argument("--quantizer", nargs="+", choices=SCHEMES, help="split training with these quantizers")
     p.add_argument("--bits", nargs="+", type=int, help="bit widths (each quantizer x each width)")
     p.add_argument("--reference", nargs="*", default=[], choices=SCHEMES,
@@ -96,6 +99,8 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 < args.test_fraction < 1:
         p.error("--test-fraction must be in (0, 1)")
+    if not 0 < args.public_fraction < 1 or args.test_fraction + args.public_fraction >= 1:
+        p.error("--public-fraction must be in (0, 1) and leave training data beside --test-fraction")
     for name in ("lr", "base_lr"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
@@ -127,9 +132,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train, test, tokenizer, collator = load_splits(args.dataset, args.seed, args.test_fraction,
-                                                   args.image_size or PRESETS[args.preset]["image_size"],
-                                                   tuple(sorted(args.dataset_options.items())))
+    train, test, _, tokenizer, collator, _ = load_splits(args.dataset, args.seed, args.test_fraction,
+                                                         args.public_fraction,
+                                                         args.image_size or PRESETS[args.preset]["image_size"],
+                                                         tuple(sorted(args.dataset_options.items())))
     train_data, test_data = TensorData(train, collator), TensorData(test, collator)
     vocab = len(tokenizer)
     baseline = majority_baseline(test)

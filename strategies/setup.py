@@ -47,7 +47,7 @@ class RunSetup:
 
 
 def prepare_run(cfg: ExperimentConfig, transport: Transport, log=print) -> RunSetup:
-    train, test, tokenizer, collator = splits(cfg)
+    train, test, _, tokenizer, collator, _ = splits(cfg)
     base_dir = ensure_base_model(cfg.base, BaseSpec.of(cfg), cfg.cache_dir,
                                  lambda: (TensorData(train, collator), TensorData(test, collator)), len(tokenizer),
                                  progress=False, log_fn=log)

@@ -125,21 +125,38 @@ def test_no_attack_reads_the_attacked_samples(digits, classifier):
     assert a["attacks"]["nearest-code"]["attack_accuracy"] != b["attacks"]["nearest-code"]["attack_accuracy"]
 
 
-def test_the_public_base_never_trains_on_the_training_split(tmp_path, monkeypatch):
-    """The attacker's base model is the same whatever the training split holds."""
+def test_the_public_base_never_trains_on_the_clients_data(tmp_path, monkeypatch):
+    """The attacker's base model is the same whatever the training and test splits hold."""
     from sltestbed.experiment import ExperimentConfig
     from sltestbed.privacy import runs
 
     cfg = ExperimentConfig.from_run_config({"base-epochs": 1, "cache-dir": str(tmp_path / "a")})
     first = TinyLlava.from_pretrained(runs.public_base_dir(cfg, log=lambda _: None))
     real = runs.splits(cfg)
-    poisoned_train = real[0].map(lambda r: {**r, "question": "poison " + r["question"]})
-    monkeypatch.setattr(runs, "splits", lambda _: (poisoned_train, *real[1:]))
+    poison = lambda split: split.map(lambda r: {**r, "question": "poison " + r["question"]})  # noqa: E731
+    monkeypatch.setattr(runs, "splits", lambda _: real._replace(train=poison(real.train), test=poison(real.test)))
     cfg = ExperimentConfig.from_run_config({"base-epochs": 1, "cache-dir": str(tmp_path / "b")})
     second = TinyLlava.from_pretrained(runs.public_base_dir(cfg, log=lambda _: None))
     for (k, v), w in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(v, w), k
-    assert BaseSpec.of(cfg).key() != replace(BaseSpec.of(cfg), pool="held-out").key()
+    assert BaseSpec.of(cfg).key() != replace(BaseSpec.of(cfg), pool="public").key()
+
+
+def test_the_public_pool_is_in_no_clients_data():
+    """Every image the attacker knows is outside every client's partition and test shard."""
+    from sltestbed.experiment import ExperimentConfig
+    from sltestbed.privacy import runs
+    from sltestbed.splits import client_records
+
+    cfg = ExperimentConfig()
+    clients = set()
+    for partition in range(3):
+        for records in client_records(cfg, partition, 3):
+            clients |= set(records.with_format(None)["image_id"])
+    public = set(runs.splits(cfg).public.with_format(None)["image_id"])
+    aux, _ = runs.public_slice(cfg)
+    assert public and not public & clients
+    assert len(public) >= cfg.public_size and aux.pixel_values.shape[0] >= cfg.public_size
 
 
 def test_public_codes_split_by_image_and_decoders_choose_on_validation(digits):

@@ -33,7 +33,7 @@ from sltestbed.base_model import build_model
 from sltestbed.model.profile import cut_workload
 from sltestbed.splits import client_data, vocab_size
 
-RUN = {"base": "none", "num-rounds": 1, "test-fraction": 0.99, "batch-size": 16}
+RUN = {"base": "none", "num-rounds": 1, "test-fraction": 0.98, "public-fraction": 0.01, "batch-size": 16}
 TEST_QUESTIONS = 8
 FRAMING_MAX = 32  # protobuf framing of one record entry, beyond the codec's header (measured: about 18)
 

@@ -27,6 +27,7 @@ from sltestbed.data import (
     partition,
     render_scene,
     split_holdout,
+    split_three,
 )
 from sltestbed.data.digits_vqa import QUESTION_TYPES as DIGIT_TYPES
 from sltestbed.data.hf_loader import _looks_like_path
@@ -203,6 +204,21 @@ def test_holdout_split_is_disjoint_by_image(digits):
     assert again_test["image_id"] == test["image_id"]
     _, other_test = split_holdout(digits, test_fraction=0.2, seed=1)
     assert set(other_test["image_id"]) != test_ids
+
+
+
+def test_three_way_split_keeps_the_test_split_and_is_disjoint_by_image(digits):
+    train, test, public = split_three(digits, 0.2, 0.2, seed=0)
+    assert len(train) + len(test) + len(public) == len(digits)
+    ids = [set(split["image_id"]) for split in (train, test, public)]
+    assert not ids[0] & ids[1] and not ids[0] & ids[2] and not ids[1] & ids[2]
+    assert len(ids[2]) == round(0.2 * 1797)
+    assert test["image_id"] == split_holdout(digits, test_fraction=0.2, seed=0)[1]["image_id"]
+    assert len(split_three(digits, 0.2, 0.0, seed=0)[2]) == 0
+    with pytest.raises(ValueError, match="leave no training data"):
+        split_three(digits, 0.6, 0.4, seed=0)
+    with pytest.raises(ValueError, match=r"public_fraction must be in \[0, 1\), got -0.1"):
+        split_three(digits, 0.2, -0.1, seed=0)
 
 
 def keys(ds):

@@ -25,7 +25,7 @@ from sltestbed.trainer import MODULE_GROUPS, Stage, evaluate, train_stage
 pytestmark = pytest.mark.flower
 APP = Path(__file__).resolve().parent.parent
 # small and quick: the tiny model, most of digits-VQA held out, no base model
-TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.8, "step-timeout": 60.0}
+TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.75, "public-fraction": 0.05, "step-timeout": 60.0}
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_sequential_with_one_client_trains_like_the_centralized_trainer(link, tm
     """Also the U-shaped split (head and loss on the client): the same weights as one
     optimizer over the whole model in one process."""
     overrides = {"strategy": "sequential", "quantizer": "fp32", "train-modules": ",".join(MODULE_GROUPS),
-                 "save-model": True, "test-fraction": 0.9, "labels": labels}
+                 "save-model": True, "test-fraction": 0.85, "public-fraction": 0.05, "labels": labels}
     result, out = run(link, tmp_path, num_supernodes=1, **overrides)
     assert result.ok, result.describe()
     flower = TinyLlava.from_pretrained(str(out / "model"))
@@ -162,7 +162,7 @@ def test_deployment_engine_runs_the_same_app(tmp_path):
     with deployment(APP, tmp_path / "deployment", num_supernodes=2, node_configs=configs) as dep:
         pids = list(dep.pids)
         out = tmp_path / "results"
-        result = dep.submit({**TINY, "test-fraction": 0.95, "output-dir": str(out), "run-name": "dep"}, timeout=600)
+        result = dep.submit({**TINY, "test-fraction": 0.9, "public-fraction": 0.05, "output-dir": str(out), "run-name": "dep"}, timeout=600)
         assert result.ok, result.describe()
     summary, ledger, _ = results(out / "dep")
     assert summary["clients"] == 2 and 0 <= summary["accuracy"] <= 1

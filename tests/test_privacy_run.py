@@ -12,7 +12,7 @@ from sltestbed.experiment import ExperimentConfig
 from sltestbed.privacy import __main__ as rerun
 from sltestbed.privacy import runs
 
-CONFIG = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.9, "attack": "inversion",
+CONFIG = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.85, "public-fraction": 0.05, "attack": "inversion",
           "attack-steps": 60, "public-size": 60, "attack-samples": 100}
 
 

@@ -17,7 +17,7 @@ from sltestbed.trainer import MODULE_GROUPS, Stage, evaluate, train_stage
 from strategies import STRATEGY_CLASSES
 
 # the tiny model, most of digits-VQA held out (180 training questions per client), no base model
-TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.95}
+TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.9, "public-fraction": 0.05}
 
 
 def run(num_supernodes=2, **overrides):

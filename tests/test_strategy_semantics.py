@@ -19,7 +19,7 @@ from sltestbed.roles import ClientRole, ServerRole
 from sltestbed.splits import client_data, vocab_size
 from sltestbed.trainer import OptimConfig, Stage, train_stage
 
-CONFIG = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.95, "quantizer": "fp32",
+CONFIG = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.9, "public-fraction": 0.05, "quantizer": "fp32",
           "save-model": True}
 
 

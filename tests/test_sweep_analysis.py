@@ -13,7 +13,7 @@ from analysis.__main__ import main as analysis_main
 from simulations.sweep import expand, plan, run_sweep
 
 pytestmark = pytest.mark.flower
-TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.8, "step-timeout": 60.0}
+TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.75, "public-fraction": 0.05, "step-timeout": 60.0}
 POINTS = [{"quantizer": "learned", "bits": 2}, {"quantizer": "learned", "bits": 2, "entropy-coding": True},
           {"quantizer": "fp16"}, {"strategy": "fedavg", "quantizer": "fp32"}]
 

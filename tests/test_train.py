@@ -7,7 +7,7 @@ from sltestbed import train
 from sltestbed.model import TinyLlava, preset
 from sltestbed.trainer import Stage, set_trainable, stage_regime
 
-TINY = ["--preset", "tiny", "--quiet", "--batch-size", "128", "--test-fraction", "0.9"]  # 719 training questions
+TINY = ["--preset", "tiny", "--quiet", "--batch-size", "128", "--test-fraction", "0.85", "--public-fraction", "0.05"]  # 720 training questions
 
 
 def test_centralized_reference_is_the_cached_base_model(tmp_path, capsys):

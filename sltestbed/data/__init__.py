@@ -18,7 +18,7 @@ from datasets import Dataset
 from .collate import VQACollator, make_loader
 from .digits_vqa import make_digits_vqa
 from .hf_loader import load_hf_vqa
-from .partition import PARTITIONERS, load_partition, make_partitioner, partition, split_holdout
+from .partition import PARTITIONERS, load_partition, make_partitioner, partition, split_holdout, split_three
 from .records import COLUMNS, make_vqa_dataset
 from .shapes_vqa import generate_scenes, make_shapes_vqa, render_scene
 from .stats import answer_counts, majority_baseline
@@ -76,4 +76,5 @@ __all__ = [
     "partition",
     "render_scene",
     "split_holdout",
+    "split_three",
 ]

@@ -1,4 +1,4 @@
-"""Held-out test split and per-client partitions (flwr-datasets partitioners, offline, seeded)."""
+"""Held-out test and public splits and per-client partitions (flwr-datasets partitioners, offline, seeded)."""
 
 from __future__ import annotations
 
@@ -23,21 +23,35 @@ def split_holdout(
     Both splits keep the original row order and are materialised (no pending index mapping),
     so the partitioners' whole-column scans stay fast.
     """
+    train, test, _ = split_three(ds, test_fraction, 0.0, seed, group_column)
+    return train, test
+
+
+def split_three(
+    ds: Dataset, test_fraction: float, public_fraction: float, seed: int = 0, group_column: str | None = "image_id"
+) -> tuple[Dataset, Dataset, Dataset]:
+    """(train, test, public): `split_holdout`'s test split (the same groups for the same seed
+    and fraction), then round(public_fraction * number of groups) further groups, from the
+    same seeded permutation, for a public split disjoint from both (empty when 0)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= public_fraction < 1.0:
+        raise ValueError(f"public_fraction must be in [0, 1), got {public_fraction}")
     if group_column in ds.column_names:
         groups = np.asarray(ds.with_format(None)[group_column])
     else:
         groups = np.arange(len(ds))
     unique = np.unique(groups)
     num_test = max(1, round(test_fraction * len(unique)))
-    if num_test >= len(unique):
-        raise ValueError(
-            f"test_fraction {test_fraction} leaves no training data ({len(unique)} images/rows in all)"
-        )
-    test_groups = np.random.default_rng(seed).permutation(unique)[:num_test]
-    is_test = np.isin(groups, test_groups)
-    return _take(ds, np.flatnonzero(~is_test)), _take(ds, np.flatnonzero(is_test))
+    num_public = max(1, round(public_fraction * len(unique))) if public_fraction > 0 else 0
+    if num_test + num_public >= len(unique):
+        raise ValueError(f"test_fraction {test_fraction} and public_fraction {public_fraction} leave no training "
+                         f"data ({len(unique)} images/rows in all)")
+    order = np.random.default_rng(seed).permutation(unique)
+    is_test = np.isin(groups, order[:num_test])
+    is_public = np.isin(groups, order[num_test:num_test + num_public])
+    return (_take(ds, np.flatnonzero(~is_test & ~is_public)), _take(ds, np.flatnonzero(is_test)),
+            _take(ds, np.flatnonzero(is_public)))
 
 
 def _take(ds: Dataset, indices: np.ndarray) -> Dataset:

@@ -7,8 +7,9 @@ cut, as quantized codes or raw floats; the server dequantizes them itself), the 
 lengths, and what the label protocol sends (the labels themselves with labels at the server;
 d loss / d logits with labels at the client; in the U-shaped split, d loss / d output for
 its output at the answer position). What it may know besides:
-    (a) auxiliary data from the clients' distribution that no client trains on (a "public"
-        slice of the held-out split, size configurable: `scenario.build_scenario(aux_images=)`);
+    (a) auxiliary data from the clients' distribution that is in no client's data (a
+        "public" slice of the public split, size configurable: `public-size`,
+        `scenario.build_scenario(aux_images=)`);
     (b) a base model for the client part, by level: "public-base", one trained on public
         data only; "private-base", the base model split fine-tuning starts from (in the
         Flower runs trained on the clients' data: `runs.py` says which is which);

@@ -4,11 +4,11 @@ samples to score against, each knowledge level, and what is written to the run d
 
     report, images = attack_run(cfg, observation, base, client_state, clients)
 
-The public pool is the held-out split: no client trains on it, so none of it is ever in a
-training batch the server observes (the clients' test shards are cut from it, and evaluation
-passes them through the cut, but only training batches are attacked). The public slice is
-`public-size` whole images of it, drawn with the run's seed; drawing it there leaves every
-client's data, and so every accuracy, as it is without attacks.
+The public pool is the splits' public split (`public-fraction` of the images, `splits`): in
+no client's training partition or test shard, so no client's data is in it and none of it
+ever crosses the cut. The public slice is `public-size` whole images of it, drawn with the
+run's seed; the pool is split off whether or not the run attacks, so every accuracy is the
+same with and without attacks.
 
 Knowledge levels, weakest first (each attack runs at each level that applies):
     public-base    the attacker's own base model, trained like the run's (same recipe,
@@ -57,15 +57,15 @@ ATTACK_SETS = {"inversion": tuple(a for a in ATTACKS if a not in OPTIMISATION_AT
 
 
 def public_base_dir(cfg: ExperimentConfig, log=print) -> str:
-    """The attacker's public base model: the run's base recipe on the public pool (the
-    held-out split) alone, trained now unless cached (module doc)."""
-    _, test, tokenizer, collator = splits(cfg)
+    """The attacker's public base model: the run's base recipe on the public pool alone,
+    trained now unless cached (module doc)."""
+    both = splits(cfg)
 
     def data():  # collated only when the model must be trained; its "held-out" accuracy is on the pool itself
-        pool = TensorData(test, collator, question_types(cfg))
+        pool = TensorData(both.public, both.collator, list(both.question_types))
         return pool, pool
 
-    return ensure_base_model("auto", replace(BaseSpec.of(cfg), pool="held-out"), cfg.cache_dir, data, len(tokenizer),
+    return ensure_base_model("auto", replace(BaseSpec.of(cfg), pool="public"), cfg.cache_dir, data, len(both.tokenizer),
                              progress=False, log_fn=lambda m: log(f"public {m}"))
 
 
@@ -78,9 +78,9 @@ def knowledge_bases(cfg: ExperimentConfig, base: TinyLlava, log=print) -> dict[s
 
 def public_slice(cfg: ExperimentConfig) -> tuple[TensorData, torch.Tensor | None]:
     """The attacker's auxiliary data and its image classes (see the module doc)."""
-    _, test, _, collator = splits(cfg)
-    records = select_images(test, cfg.public_size, cfg.seed)
-    return TensorData(records, collator, question_types(cfg)), image_classes(cfg.dataset, records,
+    both = splits(cfg)
+    records = select_images(both.public, cfg.public_size, cfg.seed)
+    return TensorData(records, both.collator, list(both.question_types)), image_classes(cfg.dataset, records,
                                                                             {"image_size": cfg.image_size})
 
 
@@ -102,7 +102,7 @@ def attack_classifier(cfg: ExperimentConfig, aux: TensorData, aux_classes) -> At
     every width and strategy of a data set, seed and public slice)."""
     if aux_classes is None:
         return None
-    key = json.dumps([cfg.dataset, cfg.seed, cfg.test_fraction, cfg.image_size, cfg.public_size])
+    key = json.dumps([cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size, cfg.public_size])
     path = os.path.join(cfg.cache_dir, f"attack-classifier-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt")
     if os.path.isfile(path):
         return AttackClassifier.load(path)

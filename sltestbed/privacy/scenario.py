@@ -5,9 +5,9 @@ training partition (the victim), the public auxiliary slice, the base model.
     sc.client_data, sc.client_classes, sc.aux, sc.aux_classes, sc.base_dir
 
 The clients' partitions are those of a Flower run with the same names (the training split,
-partitioned); the auxiliary slice is drawn from the held-out split, which no client trains
-on, so it is disjoint from every client's partition by construction: `aux_images` whole
-images (all their questions), chosen with the seed.
+partitioned); the auxiliary slice is drawn from the public split, which is in no client's
+partition or test shard, so it is disjoint from every client's data by construction:
+`aux_images` whole images (all their questions), chosen with the seed.
 
 Image classes (what the attack classifier names): digits-VQA, the digit; shapes-VQA, the
 number of objects in the scene (0-based); other data sets have none.
@@ -71,7 +71,8 @@ def select_images(records, images: int | None, seed: int):
     return records.select(np.flatnonzero(np.isin(ids, chosen)))
 
 
-def build_scenario(dataset: str = "digits-vqa", *, preset: str = DEFAULTS.preset, seed: int = 0, test_fraction: float = 0.2,
+def build_scenario(dataset: str = "digits-vqa", *, preset: str = DEFAULTS.preset, seed: int = 0,
+                   test_fraction: float = DEFAULTS.test_fraction, public_fraction: float = DEFAULTS.public_fraction,
                    num_clients: int = 2, client: int = 0, partitioner: str = "iid", alpha: float = 0.5,
                    aux_images: int | None = None, base: str = "auto", base_epochs: int = DEFAULTS.base_epochs,
                    base_lr: float = DEFAULTS.base_lr, cache_dir: str = DEFAULTS.cache_dir,
@@ -80,15 +81,16 @@ def build_scenario(dataset: str = "digits-vqa", *, preset: str = DEFAULTS.preset
     if missing: the Flower run's `base-epochs` and `base-lr`), a model directory, or "none"."""
     image_size = PRESETS[preset]["image_size"]
     options = tuple(sorted((dataset_options or {}).items()))
-    train, test, tokenizer, collator = load_splits(dataset, seed, test_fraction, image_size, options)
-    qtypes = sorted(set(train.unique("qtype")) | set(test.unique("qtype")))
+    train, test, public, tokenizer, collator, qtypes = load_splits(dataset, seed, test_fraction, public_fraction,
+                                                                   image_size, options)
     extra = {"alpha": alpha, "min_partition_size": 1} if partitioner == "dirichlet" else {}
     mine = load_partition(train, client, num_clients, partitioner, seed=seed, **extra)
-    aux = select_images(test, aux_images, seed)
+    aux = select_images(public, aux_images, seed)
     class_options = {**dict(options), "image_size": image_size, "seed": seed}
     client_data, aux_data = TensorData(mine, collator, qtypes), TensorData(aux, collator, qtypes)
     test_data = TensorData(test, collator, qtypes)
-    spec = BaseSpec(dataset, preset, None, seed, base_epochs, base_lr, 64, test_fraction, options)
+    spec = BaseSpec(dataset, preset, None, seed, base_epochs, base_lr, 64, test_fraction, options,
+                    public_fraction=public_fraction)
     base_dir = ensure_base_model(base, spec, cache_dir, lambda: (TensorData(train, collator, qtypes), test_data),
                                  len(tokenizer), progress=False, log_fn=log_fn or (lambda _: None))
     return Scenario(dataset, preset, seed, client_data, image_classes(dataset, mine, class_options), aux_data,
