@@ -52,6 +52,8 @@ import math
 import pandas as pd
 
 from . import comm_table
+from sltestbed.label_protocol import PROTOCOLS
+
 from .comm_table import NOT_AVAILABLE, _nan, _plus_minus, run_figures
 from .runs import (
     ATTACK_KEYS,
@@ -322,13 +324,17 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
         out["token prior"] = ["" if _nan(v) else f"{v:.3f}" for v in table[f"{p}_baseline_accuracy"]]
     for name, p in ((n, prefix(n)) for n, k in attacks if k == "labels"):
         title = "label" if name == "labels" else f"{name}:"
-        # with labels at the server they are sent, not inferred: no accuracy to show
-        out[f"{title} acc."] = ["sent" if _nan(m) and labels == "server" else _plus_minus(m, h, 3)
+        out[f"{title} acc."] = ["sent" if _nan(m) and _labels_sent(labels) else _plus_minus(m, h, 3)
                                for m, h, labels in zip(table[f"{p}_accuracy"], table[f"{p}_accuracy_ci95_half_width"],
                                                        table.labels)]
         out[f"{title} chance / majority"] = ["" if _nan(a) and _nan(b) else _pair(a, b, 3)
                                              for a, b in zip(table[f"{p}_chance"], table[f"{p}_majority_baseline"])]
     return out.fillna("")
+
+
+def _labels_sent(labels) -> bool:
+    """With the labels at the server they are sent, not inferred: no accuracy to show."""
+    return labels in PROTOCOLS and not PROTOCOLS[labels].private
 
 
 def write_table(table: pd.DataFrame, out_dir, caption: str = CAPTION) -> list:

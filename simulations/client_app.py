@@ -15,14 +15,13 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from sltestbed import wire
-from sltestbed.client_node import ROLE_MESSAGES, ClientNode, kill_this_process
+from sltestbed.client_node import ClientNode, kill_this_process
 from sltestbed.experiment import ExperimentConfig
 
 from . import records
 
 app = ClientApp()
 _CACHE: dict = {}  # (run id, node id) -> (state version, ClientNode): a speed-up only
-SAVES_STATE = (wire.STEP, wire.LOGITS, wire.PART, wire.EVAL)  # the messages that change the role
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -36,24 +35,24 @@ def _partition(context: Context) -> tuple[int, int]:
 def handle(msg: Message, context: Context, wait=time.sleep, kill=kill_this_process) -> Message:
     """Answer one message (`wait(seconds)`: how the `stall` fault waits; `kill()`: how the
     `kill` fault ends this worker process)."""
-    mtype = msg.metadata.message_type
-    request = records.read(msg.content, wire.REQUEST_META[mtype])
+    spec = wire.message_type(msg.metadata.message_type)
+    request = records.read(msg.content, spec, "down")
     key = (msg.metadata.run_id, msg.metadata.dst_node_id)
     version = int(context.state["sl"]["version"]) if "sl" in context.state else 0
     held, node = _CACHE.get(key) or (0, ClientNode(ExperimentConfig.from_run_config(dict(context.run_config)),
                                                    *_partition(context)))
-    if mtype in ROLE_MESSAGES:
+    if spec.role:
         node.start(request.meta)
         if held != version:  # another actor served this node since: its saved state is newer
             node.restore(context.state["sl"]["role"])
             held = version
     _CACHE[key] = (held, node)
     try:
-        reply = node.handle(mtype, request, wait, kill)
+        reply = node.handle(spec.name, request, wait, kill)
     except BaseException:  # the role may be half changed; its saved state is not: restore from it next time
         _CACHE.pop(key, None)
         raise
-    if mtype in SAVES_STATE:
+    if spec.saves_role:
         version += 1
         context.state["sl"] = ConfigRecord({"version": version, "role": node.state()})
         _CACHE[key] = (version, node)

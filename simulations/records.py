@@ -31,10 +31,10 @@ from flwr.common.serde import recorddict_to_proto
 from sltestbed import codec
 from sltestbed.quantizers import Field, Payload, dequantize
 from sltestbed.scoring import Scores
-from sltestbed.wire import Batch, Content, LossReply
+from sltestbed.wire import Batch, Content, LossReply, MessageType
 
 
-# --- writing and reading ----------------------------------------------------------------------
+# --- each Content field's record ----------------------------------------------------------------
 def encode_tensor(t: torch.Tensor) -> bytes:
     """A float tensor as an fp32 payload (logits, their gradients)."""
     return codec.encode(Payload("fp32", 32, tuple(t.shape), (Field(t.detach().float().contiguous(), 32),))).data
@@ -44,83 +44,80 @@ def decode_tensor(data: bytes) -> torch.Tensor:
     return dequantize(codec.decode(data, expect_scheme="fp32"))
 
 
+def _write_batch(b: Batch, entropy: bool) -> ConfigRecord:
+    record = {"lengths": b.lengths.tolist()}
+    record.update({k: v.tolist() for k, v in (("labels", b.labels), ("qtype", b.qtype)) if v is not None})
+    return ConfigRecord(record)
+
+
+def _read_batch(record) -> Batch:
+    b = {k: torch.tensor(v, dtype=torch.long) for k, v in record.items()}
+    return Batch(b["lengths"], b.get("labels"), b.get("qtype"))
+
+
+def _read_loss(record) -> LossReply:
+    loss = dict(record)
+    wrt = next((k[1:] for k in loss if k in ("dlogits", "dhidden")), None)
+    if wrt is None or set(loss) != {"loss", f"d{wrt}"}:
+        raise ValueError(f"loss record has keys {sorted(loss)}: expected loss and dlogits or dhidden")
+    return LossReply(float(loss["loss"]), decode_tensor(loss[f"d{wrt}"]), wrt)
+
+
+def _read_score(record) -> Scores:
+    correct, seen = {}, {}
+    for key, value in record.items():
+        kind, q = key.split(".", 1)
+        (correct if kind == "correct" else seen)[q] = float(value)
+    return Scores(correct, seen)
+
+
+def _payloads(value: dict, entropy: bool) -> ConfigRecord:
+    return ConfigRecord({m: codec.encode(p, entropy=entropy).data for m, p in value.items()})
+
+
+# field -> (write(value, entropy) -> record, read(record) -> value); `meta` is read by its type
+LAYOUT = {
+    "grads": (_payloads, lambda r: {m: codec.decode(v) for m, v in r.items()}),
+    "acts": (_payloads, lambda r: {m: codec.decode(v) for m, v in r.items()}),
+    "batch": (_write_batch, _read_batch),
+    "logits": (lambda v, e: ConfigRecord({"logits": encode_tensor(v)}), lambda r: decode_tensor(r["logits"])),
+    "hidden": (lambda v, e: ConfigRecord({"hidden": encode_tensor(v)}), lambda r: decode_tensor(r["hidden"])),
+    "loss": (lambda v, e: ConfigRecord({"loss": v.loss, f"d{v.wrt}": encode_tensor(v.grad)}), _read_loss),
+    "part": (lambda v, e: ArrayRecord(OrderedDict((k, t.detach().cpu()) for k, t in v.items())),
+             lambda r: dict(r.to_torch_state_dict())),
+    "echo": (lambda v, e: ConfigRecord({"echo": v}), lambda r: r["echo"]),
+    "score": (lambda v, e: MetricRecord({**{f"correct.{q}": c for q, c in v.correct.items()},
+                                         **{f"seen.{q}": n for q, n in v.seen.items()}}), _read_score),
+    "calibration": (lambda v, e: ConfigRecord({"report": json.dumps(v)}), lambda r: json.loads(r["report"])),
+    "meta": (lambda v, e: ConfigRecord(v.record()), None),
+}
+
+
+# --- writing and reading ----------------------------------------------------------------------
 def write(content: Content, entropy: bool = False) -> RecordDict:
     """The Flower records of a message's content; payloads go through the codec (`entropy`:
     entropy-coded codes where that is smaller)."""
     out = RecordDict()
     for name in content.present():
-        value = getattr(content, name)
-        if name in ("acts", "grads"):
-            out[name] = ConfigRecord({m: codec.encode(p, entropy=entropy).data for m, p in value.items()})
-        elif name == "batch":
-            record = {"lengths": value.lengths.tolist()}
-            if value.labels is not None:
-                record["labels"] = value.labels.tolist()
-            if value.qtype is not None:
-                record["qtype"] = value.qtype.tolist()
-            out[name] = ConfigRecord(record)
-        elif name in ("logits", "hidden"):
-            out[name] = ConfigRecord({name: encode_tensor(value)})
-        elif name == "loss":
-            out[name] = ConfigRecord({"loss": value.loss, f"d{value.wrt}": encode_tensor(value.grad)})
-        elif name == "part":
-            out[name] = ArrayRecord(OrderedDict((k, v.detach().cpu()) for k, v in value.items()))
-        elif name == "echo":
-            out[name] = ConfigRecord({"echo": value})
-        elif name == "score":
-            out[name] = MetricRecord({**{f"correct.{q}": c for q, c in value.correct.items()},
-                                      **{f"seen.{q}": n for q, n in value.seen.items()}})
-        elif name == "calibration":
-            out[name] = ConfigRecord({"report": json.dumps(value)})
-        elif name == "meta":
-            out[name] = ConfigRecord(value.record())
+        out[name] = LAYOUT[name][0](getattr(content, name), entropy)
     return out
 
 
-def read(records: RecordDict, meta: type | None = None) -> Content:
-    """A message's content from its records; `meta`: the type its meta record has (see
-    `wire.REQUEST_META` / `wire.REPLY_META`). A payload that does not decode raises ValueError."""
-    unknown = sorted(set(records) - set(_NAMES))
-    if unknown:
-        raise ValueError(f"message carries unknown record(s) {unknown}")
+def read(records: RecordDict, spec: MessageType, direction: str) -> Content:
+    """A message's content from its records: a request of `spec` ("down") or its reply ("up").
+    A record the registry does not allow that message, or a payload that does not decode,
+    raises ValueError."""
+    allowed = spec.carries(direction)
+    unexpected = sorted(set(records) - set(allowed))
+    if unexpected:
+        raise ValueError(f"{spec.name} {'request' if direction == 'down' else 'reply'} carries unexpected "
+                         f"record(s) {unexpected}; it may carry {list(allowed) or 'none'}")
     content = Content()
-    if "acts" in records:
-        content.acts = {m: codec.decode(v) for m, v in records["acts"].items()}
-    if "grads" in records:
-        content.grads = {m: codec.decode(v) for m, v in records["grads"].items()}
-    if "batch" in records:
-        b = {k: torch.tensor(v, dtype=torch.long) for k, v in records["batch"].items()}
-        content.batch = Batch(b["lengths"], b.get("labels"), b.get("qtype"))
-    if "logits" in records:
-        content.logits = decode_tensor(records["logits"]["logits"])
-    if "hidden" in records:
-        content.hidden = decode_tensor(records["hidden"]["hidden"])
-    if "loss" in records:
-        loss = dict(records["loss"])
-        wrt = next((k[1:] for k in loss if k in ("dlogits", "dhidden")), None)
-        if wrt is None or set(loss) != {"loss", f"d{wrt}"}:
-            raise ValueError(f"loss record has keys {sorted(loss)}: expected loss and dlogits or dhidden")
-        content.loss = LossReply(float(loss["loss"]), decode_tensor(loss[f"d{wrt}"]), wrt)
-    if "part" in records:
-        content.part = dict(records["part"].to_torch_state_dict())
-    if "echo" in records:
-        content.echo = records["echo"]["echo"]
-    if "score" in records:
-        correct, seen = {}, {}
-        for key, value in records["score"].items():
-            kind, q = key.split(".", 1)
-            (correct if kind == "correct" else seen)[q] = float(value)
-        content.score = Scores(correct, seen)
-    if "calibration" in records:
-        content.calibration = json.loads(records["calibration"]["report"])
-    if "meta" in records:
-        if meta is None:
-            raise ValueError("message carries a meta record where none is expected")
-        content.meta = meta.from_record(dict(records["meta"]))
+    meta = spec.request_meta if direction == "down" else spec.reply_meta
+    for name in records:
+        record = records[name]
+        setattr(content, name, meta.from_record(dict(record)) if name == "meta" else LAYOUT[name][1](record))
     return content
-
-
-_NAMES = ("grads", "acts", "batch", "logits", "hidden", "loss", "part", "echo", "score", "calibration", "meta")
 
 
 # --- accounting ----------------------------------------------------------------------------

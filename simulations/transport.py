@@ -78,7 +78,7 @@ class MessageTransport(Transport):
                 out.failures[src] = error_reason(reply.error.reason)
                 continue
             try:
-                content = records.read(reply.content, wire.REPLY_META[mtype])
+                content = records.read(reply.content, wire.message_type(mtype), "up")
             except ValueError as exc:  # accounted all the same: the bytes did cross
                 out.failures[src] = f"reply cannot be read: {exc}"
                 content = None

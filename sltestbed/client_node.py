@@ -18,12 +18,13 @@ from . import calibration, wire
 from .base_model import build_model
 from .experiment import ExperimentConfig
 from .fedavg import model_weights
+from .label_protocol import label_protocol
 from .model import MODALITIES, ClientPart
 from .roles import ClientRole
 from .scoring import Scores
 from .splits import client_data, vocab_size
 from .trainer import OptimConfig, Stage, TensorData, train_stage
-from .wire import Batch, Content, LocalResult, LossReply, NodeInfo, StepMeta
+from .wire import Content, LocalResult, LossReply, NodeInfo, StepMeta
 
 def kill_this_process() -> None:
     """How the `kill` fault dies: SIGKILL to this process, as the OS or Ray's memory monitor
@@ -31,15 +32,12 @@ def kill_this_process() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# the messages that act on the node's role (built on the first, restored from saved state)
-ROLE_MESSAGES = (wire.STEP, wire.LOGITS, wire.PART, wire.EVAL, wire.SCORE)
-
-
 class ClientNode:
     def __init__(self, cfg: ExperimentConfig, partition: int, num_partitions: int):
         if not 0 <= partition < num_partitions:
             raise ValueError(f"partition-id {partition} is out of range for num-partitions {num_partitions}")
         self.cfg, self.partition, self.num_partitions = cfg, partition, num_partitions
+        self.labels = label_protocol(cfg.labels)
         self.role: ClientRole | None = None
         self._kill = kill_this_process  # how the `kill` fault dies (`handle` sets it per message)
 
@@ -68,7 +66,7 @@ class ClientNode:
             self.role = ClientRole(self.model(cfg, meta.base), cfg.cut_layers, self.train, batch_size=meta.batch_size,
                                    seed=cfg.seed + self.partition, optim=OptimConfig(cfg.lr, meta.total_steps),
                                    trainable=cfg.modules, distortion_weight=cfg.distortion_weight,
-                                   head=cfg.labels == "u-shaped")
+                                   head=self.labels.head_on_client)
         return self.role
 
     def state(self) -> bytes:
@@ -91,14 +89,11 @@ class ClientNode:
     def handle(self, mtype: str, request: Content, wait=time.sleep, kill=kill_this_process) -> Content:
         """The reply to one message. `wait(seconds)` is how the `stall` fault waits, `kill()`
         how the `kill` fault ends this worker."""
-        try:
-            action = self._actions[mtype]
-        except KeyError:
-            raise ValueError(f"unknown message type {mtype!r}; known: {', '.join(wire.MESSAGE_TYPES)}") from None
-        if mtype in ROLE_MESSAGES:
+        spec = wire.message_type(mtype)
+        if spec.role:
             self.start(request.meta)
         self._kill = kill
-        return action(self, request, wait)
+        return getattr(self, spec.handler)(request, wait)
 
     def _info(self, request: Content, wait) -> Content:
         return Content(meta=NodeInfo(self.partition, self.num_partitions, len(self.train), len(self.test)))
@@ -120,7 +115,7 @@ class ClientNode:
         self.receive(request)
         self._fault(request.meta, wait)
         acts, labels = self.role.forward()
-        return Content(acts=acts.payloads, batch=Batch(acts.lengths, labels if self.cfg.labels == "server" else None))
+        return Content(acts=acts.payloads, batch=self.labels.batch_up(acts.lengths, labels))
 
     def _logits(self, request: Content, wait) -> Content:
         """Labels here: the loss of the last batch and its gradient w.r.t. the server's output."""
@@ -135,9 +130,7 @@ class ClientNode:
     def _evaluate(self, request: Content, wait) -> Content:
         self.receive(request)
         acts, batch = self.role.evaluate_forward(self.test)
-        if self.cfg.labels == "server":
-            return Content(acts=acts.payloads, batch=Batch(acts.lengths, batch["labels"], batch["qtype_index"]))
-        return Content(acts=acts.payloads, batch=Batch(acts.lengths))
+        return Content(acts=acts.payloads, batch=self.labels.batch_up(acts.lengths, batch["labels"], batch["qtype_index"]))
 
     def _score(self, request: Content, wait) -> Content:
         """Labels here: the server's output (logits, or U-shaped the hidden state, through the
@@ -176,7 +169,3 @@ class ClientNode:
                 self._kill()
                 raise RuntimeError("the kill fault's kill() returned")  # a kill() must not return
             wait(self.cfg.step_timeout + 2)
-
-    _actions = {wire.INFO: _info, wire.CALIBRATE: _calibrate, wire.ECHO: _echo, wire.STEP: _step,
-                wire.LOGITS: _logits, wire.PART: _part, wire.EVAL: _evaluate, wire.SCORE: _score,
-                wire.LOCAL: _local, wire.EVAL_LOCAL: _evaluate_local}

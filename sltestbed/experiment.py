@@ -13,7 +13,8 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 
 from .data.partition import PARTITIONERS
-from .model import LABELS, MODALITIES, PRESETS, parse_cut
+from .label_protocol import LABELS
+from .model import MODALITIES, PRESETS, parse_cut
 from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES, implied_bits, scheme_class
 from .trainer import MODULE_GROUPS
 
@@ -54,6 +55,7 @@ class ExperimentConfig:
     base: str = "auto"
     base_epochs: int = 60  # the base model's recipe: also `python -m sltestbed.train`'s centralized reference
     base_lr: float = 3e-3
+    base_batch_size: int = 64
     step_timeout: float = 120.0
     max_failed_steps: int = 10  # the most client messages a run may lose (failed or unanswered); one more stops it
     fault: str = ""  # testing hook: "raise:P:R:S", "stall:P:R:S" or "kill:P:R:S" (partition P, round R, step S)
@@ -128,7 +130,7 @@ class ExperimentConfig:
                 _width(name, value)
             except ValueError as exc:
                 raise ValueError(f"run config '{key}' = {value}: {exc}") from None
-        for key in ("num-rounds", "local-epochs", "batch-size", "base-epochs"):
+        for key in ("num-rounds", "local-epochs", "batch-size", "base-epochs", "base-batch-size"):
             at_least(key, getattr(self, key.replace("-", "_")), 1)
         at_least("seed", self.seed, 0)
         at_least("max-failed-steps", self.max_failed_steps, 0)

@@ -5,17 +5,11 @@ built by the client node (`client_node.py`), the strategies send `Content` and r
 replies. How a `Content` is laid out in a Flower message (which record, which key) is the
 other half of the contract, in `simulations/records.py`; nothing else touches records.
 
-    type                 request                        reply
-    query.info           -                              meta: NodeInfo
-    query.calibrate      meta: CalibrationRequest       calibration (entropy report)
-    query.echo           echo, meta: EchoRequest        echo                (benchmark)
-    train.step           [grads] [part], meta: StepMeta acts, batch
-    train.logits         logits|hidden, meta            loss                (labels at the client; U-shaped)
-    query.part           [grads] [part], meta           part                (client part up)
-    evaluate.forward     [grads] [part], meta           acts, batch         (test shard)
-    evaluate.score       logits|hidden, meta            score               (labels at the client; U-shaped)
-    train.local          part, meta                     part, meta: LocalResult   (FedAvg)
-    evaluate.local       part, meta                     score               (FedAvg)
+`MESSAGES` is the one registry of message types: what a request and its reply may carry,
+the meta each has, the client node's handler, and whether it acts on or changes the node's
+role. Everything else (the ClientApp's routes, the client node's dispatch, which messages
+save the role, which may come before training, what `records.read` accepts) derives from
+it; adding a message is one entry there (and its handler, where it needs a new one).
 
 What is pending for a client rides in the next message to it, whatever its type: the
 gradient of its last step (`grads`) first, then new client-part weights (`part`). The client
@@ -32,20 +26,6 @@ import torch
 
 from .quantizers import Payload
 from .scoring import Scores
-
-STEP = "train.step"
-LOGITS = "train.logits"
-LOCAL = "train.local"
-INFO = "query.info"
-CALIBRATE = "query.calibrate"
-ECHO = "query.echo"
-PART = "query.part"
-EVAL = "evaluate.forward"
-SCORE = "evaluate.score"
-EVAL_LOCAL = "evaluate.local"
-MESSAGE_TYPES = (STEP, LOGITS, LOCAL, INFO, CALIBRATE, ECHO, PART, EVAL, SCORE, EVAL_LOCAL)
-SETUP = (INFO, CALIBRATE)  # messages before training: a node may still be loading its data
-
 
 # --- meta: the small typed record a message carries besides its payloads -------------------
 @dataclass(frozen=True)
@@ -133,12 +113,6 @@ class LocalResult:
 
 Meta = StepMeta | CalibrationRequest | EchoRequest | NodeInfo | LocalResult
 
-# which meta a message carries, per type and direction (None: no meta)
-REQUEST_META: dict[str, type | None] = {t: StepMeta for t in MESSAGE_TYPES}
-REQUEST_META.update({INFO: None, CALIBRATE: CalibrationRequest, ECHO: EchoRequest})
-REPLY_META: dict[str, type | None] = {t: None for t in MESSAGE_TYPES}
-REPLY_META.update({INFO: NodeInfo, LOCAL: LocalResult})
-
 
 # --- the other records ----------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -181,3 +155,57 @@ class Content:
     def present(self) -> list[str]:
         """Names of the parts this content carries, in record order."""
         return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+
+# --- the message registry -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class MessageType:
+    """One message type: what its request and reply may carry (`Content` fields; `meta` is
+    the typed meta named beside), the `ClientNode` method that answers it, and its effect on
+    the node's role."""
+
+    name: str  # "<Flower category>.<action>": the ClientApp registers it under that route
+    request: tuple[str, ...]
+    reply: tuple[str, ...]
+    handler: str
+    request_meta: type | None = StepMeta
+    reply_meta: type | None = None
+    role: bool = False  # acts on the node's role (built on first contact, restored from saved state)
+    saves_role: bool = False  # changes the role: the ClientApp saves its state after it
+    setup: bool = False  # comes before training: a node may still be loading its data
+    note: str = ""
+
+    def carries(self, direction: str) -> tuple[str, ...]:
+        """The `Content` fields a request ("down") or reply ("up") of this type may carry."""
+        carried, meta = (self.request, self.request_meta) if direction == "down" else (self.reply, self.reply_meta)
+        return carried + (("meta",) if meta is not None else ())
+
+
+STEP, LOGITS, PART, EVAL, SCORE = "train.step", "train.logits", "query.part", "evaluate.forward", "evaluate.score"
+INFO, CALIBRATE, ECHO, LOCAL, EVAL_LOCAL = "query.info", "query.calibrate", "query.echo", "train.local", "evaluate.local"
+PENDING = ("grads", "part")  # what waits for a client rides with its next role message
+MESSAGES: dict[str, MessageType] = {m.name: m for m in (
+    MessageType(INFO, (), (), "_info", request_meta=None, reply_meta=NodeInfo, setup=True),
+    MessageType(CALIBRATE, (), ("calibration",), "_calibrate", request_meta=CalibrationRequest, setup=True,
+                note="bits=auto: the entropy report"),
+    MessageType(ECHO, ("echo",), ("echo",), "_echo", request_meta=EchoRequest, note="round-trip benchmark"),
+    MessageType(STEP, PENDING, ("acts", "batch"), "_step", role=True, saves_role=True),
+    MessageType(LOGITS, ("logits", "hidden"), ("loss",), "_logits", role=True, saves_role=True,
+                note="labels at the client; U-shaped"),
+    MessageType(PART, PENDING, ("part",), "_part", role=True, saves_role=True, note="client part up"),
+    MessageType(EVAL, PENDING, ("acts", "batch"), "_evaluate", role=True, saves_role=True,
+                note="test shard"),
+    MessageType(SCORE, ("logits", "hidden"), ("score",), "_score", role=True,
+                note="labels at the client; U-shaped"),
+    MessageType(LOCAL, ("part",), ("part",), "_local", reply_meta=LocalResult, note="FedAvg"),
+    MessageType(EVAL_LOCAL, ("part",), ("score",), "_evaluate_local", note="FedAvg"),
+)}
+MESSAGE_TYPES = tuple(MESSAGES)
+SETUP = tuple(t for t, m in MESSAGES.items() if m.setup)
+
+
+def message_type(name: str) -> MessageType:
+    try:
+        return MESSAGES[name]
+    except KeyError:
+        raise ValueError(f"unknown message type {name!r}; known: {', '.join(MESSAGE_TYPES)}") from None

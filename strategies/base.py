@@ -18,10 +18,10 @@ import torch
 from sltestbed import wire
 from sltestbed.experiment import ExperimentConfig
 from sltestbed.fedavg import fedavg
+from sltestbed.label_protocol import label_protocol
 from sltestbed.ledger import ByteLedger
 from sltestbed.model import ClientPart, TinyLlava
 from sltestbed.roles import Activations, ServerRole, load_client_state
-from sltestbed.scoring import Scores
 from sltestbed.trainer import OptimConfig
 from sltestbed.wire import Content, StepMeta
 
@@ -111,8 +111,9 @@ class Strategy:
         self.rounds: list[RoundRecord] = []
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.outbox = Outbox()
+        self.labels = label_protocol(self.cfg.labels)  # where the labels and the loss are
         self.step_seconds: list[float] = []  # wall time of each training step (its round trips included)
-        self.observer: Observer | None = None  # with attack != none, made at the first step
+        self.observer: Observer | None = None  # with attack != none: watches every exchange (`run`)
         self.parts_seen: dict[int, dict] = {}  # node -> the last client weights it sent the server
 
     # --- messages ---------------------------------------------------------------------------
@@ -129,6 +130,8 @@ class Strategy:
             if content.meta is None:
                 content.meta = self.meta(round, step)
         replies = exchange(self.transport, requests, round, step, self.failures, self.log, account)
+        if self.observer is not None:
+            self.observer.exchanged(round, step, requests, replies)
         if len(self.failures) > self.cfg.max_failed_steps:
             raise RunStopped(f"run stopped: {len(self.failures)} client messages failed, more than "
                              f"max-failed-steps = {self.cfg.max_failed_steps}. {describe_failures(self.failures)}")
@@ -146,58 +149,41 @@ class Strategy:
     def server_role(self, model: TinyLlava, total_steps: int) -> ServerRole:
         return ServerRole(model, self.cfg.cut_layers, optim=OptimConfig(self.cfg.lr, total_steps),
                           trainable=self.cfg.modules, grad_scheme=self.cfg.grad_quantizer,
-                          grad_bits=self.cfg.gradient_bits, seed=self.cfg.seed, head=self.cfg.labels != "u-shaped")
+                          grad_bits=self.cfg.gradient_bits, seed=self.cfg.seed, head=not self.labels.head_on_client)
 
     # --- the split step shared by the split strategies ----------------------------------------
     def split_step(self, rnd: int, step: int, clients: list[Client], server_of) -> float | None:
-        """One training step of `clients` (one round trip; two with labels on the clients).
-        `server_of(node)` is the ServerRole that node's activations go through: clients that
-        share one are joined into one batch. Returns the step's mean loss (None if no client
-        answered); the gradients wait in the outbox."""
+        """One training step of `clients`. `server_of(node)`: the ServerRole that node's
+        activations go through (clients that share one form one batch). Returns the step's
+        mean loss (None if no client answered)."""
         started = time.perf_counter()
-        if self.cfg.attack != "none" and self.observer is None:
-            self.observer = Observer(self.cfg, self.clients, self.client_batch, self.log)
-        for c in clients if self.observer else ():
-            self.observer.sent(c.node_id)
+        # 1. each client sends its next batch's activations (the gradient of its last step
+        #    rides down with this request and is applied first: see `Outbox`)
         replies = self.exchange({c.node_id: self.outbox.request(c.node_id, wire.STEP) for c in clients}, rnd, step)
-        for node, content in replies.items() if self.observer else ():
-            self.observer.received(rnd, step, node, content)
         if not replies:
             return None
-        groups: dict[int, tuple] = {}
-        for node, content in replies.items():  # partition order, whatever order replies came in
+        batches = {node: content.batch for node, content in replies.items()}
+        groups: dict[int, tuple[ServerRole, list[int]]] = {}
+        for node in replies:  # partition order, whatever order replies came in
             server = server_of(node)
-            groups.setdefault(id(server), (server, []))[1].append((node, content))
-        logits_of, batch_of = {}, {}
-        for server, members in groups.values():
-            logits = server.forward([Activations(c.acts, c.batch.lengths) for _, c in members])
-            for (node, content), node_logits in zip(members, logits):
-                logits_of[node], batch_of[node] = node_logits, content.batch
-        if self.cfg.labels != "server":
-            answers = self.exchange({n: (wire.LOGITS, self.output_content(out)) for n, out in logits_of.items()},
-                                    rnd, step)
-            for n, answer in answers.items() if self.observer else ():
-                self.observer.answered(rnd, step, n, logits_of[n], answer.loss.grad)
-        losses, sizes = [], []
-        for server, members in groups.values():
-            nodes = [n for n, _ in members]
-            if self.cfg.labels == "server":
-                loss, grads = server.backward_from_labels([batch_of[n].labels for n in nodes])
-                samples = sum(len(batch_of[n].lengths) for n in nodes)
-                losses.append(loss * samples)
-                sizes.append(samples)
-            else:
-                grads = server.backward_from_output_grads([answers[n].loss.grad if n in answers else None
-                                                           for n in nodes])
-                for n in nodes:
-                    if n in answers:
-                        losses.append(answers[n].loss.loss * len(batch_of[n].lengths))
-                        sizes.append(len(batch_of[n].lengths))
-            for n, g in zip(nodes, grads):
-                if g is not None:
-                    self.outbox.grads[n] = g
+            groups.setdefault(id(server), (server, []))[1].append(node)
+        # 2. server forward, one batch per server role
+        outputs = {}
+        for server, nodes in groups.values():
+            out = server.forward([Activations(replies[n].acts, batches[n].lengths) for n in nodes])
+            outputs.update(zip(nodes, out))
+        # 3. the loss where the labels are: here, or (a second round trip) on the clients,
+        #    which answer the server's output with the loss and its gradient
+        answers = self.labels.losses(outputs, lambda requests: self.exchange(requests, rnd, step))
+        # 4. server backward; each client's cut-layer gradient waits in the outbox for the
+        #    next message to that client, whatever its type
+        total, samples = 0.0, 0
+        for server, nodes in groups.values():
+            loss, count, grads = self.labels.backward(server, nodes, batches, answers)
+            total, samples = total + loss, samples + count
+            self.outbox.grads.update({n: g for n, g in zip(nodes, grads) if g is not None})
         self.step_seconds.append(time.perf_counter() - started)
-        return sum(losses) / sum(sizes) if sizes else None
+        return total / samples if samples else None
 
     def collect_parts(self, rnd: int, clients: list[Client], protocol: bool = True) -> dict[int, dict]:
         """Client-part weights from `clients` (their pending gradients applied first).
@@ -219,11 +205,6 @@ class Strategy:
                 self.outbox.parts[c.node_id] = average
         return list(parts)
 
-    def output_content(self, output) -> Content:
-        """The server's output for a client that holds the labels: logits, or U-shaped the
-        hidden state at the answer position (the client's head makes the logits)."""
-        return Content(hidden=output) if self.cfg.labels == "u-shaped" else Content(logits=output)
-
     # --- evaluation -----------------------------------------------------------------------
     def evaluate_split(self, round: int, server: ServerRole) -> dict:
         """Every client's test shard through its client part (pending gradients and weights
@@ -233,15 +214,8 @@ class Strategy:
         replies = self.exchange(requests, round, -1)
         predicted = {node: (server.predict([Activations(c.acts, c.batch.lengths)])[0], c.batch)
                      for node, c in replies.items()}
-        scores = Scores()
-        if self.cfg.labels == "server":
-            for logits, batch in predicted.values():
-                scores += Scores.of(logits.argmax(-1), batch.labels, batch.qtype, self.setup.question_types)
-        else:
-            answers = self.exchange({n: (wire.SCORE, self.output_content(out)) for n, (out, _) in predicted.items()},
-                                    round, -1)
-            for content in answers.values():
-                scores += content.score
+        scores = self.labels.scores(predicted, lambda requests: self.exchange(requests, round, -1),
+                                    self.setup.question_types)
         return scores.result()
 
     # --- the run --------------------------------------------------------------------------
@@ -271,6 +245,8 @@ class Strategy:
 
     def run(self) -> RunReport:
         ledger = self.transport.ledger
+        if self.cfg.attack != "none":
+            self.observer = Observer(self.cfg, self.clients, self.client_batch, self.log)
         for rnd in range(1, self.cfg.num_rounds + 1):
             t0, trips, fails, before = time.perf_counter(), self.transport.round_trips, len(self.failures), len(ledger.rows)
             train = self.train_round(rnd)

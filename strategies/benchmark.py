@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from sltestbed import wire
+from sltestbed.label_protocol import label_protocol
 from sltestbed.wire import Content, EchoRequest
 
 
@@ -26,7 +27,7 @@ def roundtrip_benchmark(strategy, n: int) -> dict:
         t0 = time.perf_counter()
         strategy.exchange(requests, 0, i, account=False)
         seconds.append(time.perf_counter() - t0)
-    trips = 2 if strategy.cfg.labels == "client" else 1
+    trips = label_protocol(strategy.cfg.labels).round_trips
     skip = min(3, len(strategy.step_seconds) // 2)  # leave out the first steps (caches, start-up)
     step = _median(strategy.step_seconds[skip:])
     bare = _median(seconds)

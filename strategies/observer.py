@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from sltestbed import wire
+from sltestbed.label_protocol import label_protocol
 from sltestbed.privacy import Observation, ObservedBatch
 from sltestbed.roles import BatchCursor
 from sltestbed.splits import client_data
@@ -21,6 +23,7 @@ from sltestbed.splits import client_data
 class Observer:
     def __init__(self, cfg, clients, batch_size: int, log=print):
         self.cfg, self.log = cfg, log
+        self.labels = label_protocol(cfg.labels)
         self.clients = {c.node_id: c for c in clients}
         self.offset, total = {}, 0  # a client's rows in the concatenation of every client's data
         for c in sorted(clients, key=lambda c: c.partition):
@@ -32,6 +35,19 @@ class Observer:
         self.kept: list[tuple[int, int, ObservedBatch]] = []  # (node, step, batch), at most `slots`
         self.rows: dict[int, torch.Tensor] = {}
         self.mismatched = 0
+
+    def exchanged(self, rnd: int, step: int, requests: dict, replies: dict) -> None:
+        """Every exchange of the strategy: training steps' activations (and, with the labels at
+        the client, the server's output and the gradient that came back) are what it keeps."""
+        for node, (mtype, _) in requests.items():
+            if mtype == wire.STEP:
+                self.sent(node)
+        for node, reply in replies.items():  # partition order
+            mtype, request = requests[node]
+            if mtype == wire.STEP:
+                self.received(rnd, step, node, reply)
+            elif mtype == wire.LOGITS:
+                self.answered(rnd, step, node, getattr(request, self.labels.output), reply.loss.grad)
 
     def sent(self, node: int) -> None:
         """A training step was requested of `node`: it draws its next batch."""
@@ -61,18 +77,13 @@ class Observer:
         """Labels at the client: what the server sent down and the gradient that came back."""
         for n, s, batch in self.kept:
             if (n, s) == (node, step) and rnd == self.cfg.num_rounds:
-                if self.cfg.labels == "client":
-                    batch.logits, batch.logit_grads = output.detach(), grad
-                else:
-                    batch.hidden, batch.hidden_grads = output.detach(), grad
+                self.labels.keep(batch, output.detach(), grad)
 
     def observation(self) -> Observation | None:
         """The kept batches in partition and step order (None when none were kept)."""
         kept = sorted(self.kept, key=lambda k: (self.clients[k[0]].partition, k[1]))
         batches = [b for _, _, b in kept]
-        if self.cfg.labels != "server":  # a batch whose loss never came is of no use to the label attacks
-            batches = [b for b in batches if (b.logit_grads if self.cfg.labels == "client" else b.hidden_grads)
-                       is not None]
+        batches = [b for b in batches if self.labels.usable(b)]  # a batch whose loss never came is of no use
         if self.mismatched:
             self.log(f"attacks: {self.mismatched} batch(es) left out (their rows did not match their question lengths)")
         if not batches:

@@ -30,13 +30,18 @@ def without(rd: RecordDict, name: str, key=None) -> RecordDict:
     return out
 
 
+# a message type that may carry every field (no real one does)
+EVERYTHING = wire.MessageType("test.everything", tuple(f for f in Content().__dataclass_fields__ if f != "meta"), (),
+                              "_info")
+
+
 def test_every_content_survives_the_round_trip():
     acts = payloads()
     content = Content(grads=acts, acts=acts, batch=Batch(torch.tensor([3, 5]), torch.tensor([7, 1]), torch.tensor([0, 2])),
                       logits=torch.randn(2, 9), loss=LossReply(0.25, torch.randn(2, 9)),
                       part={"w": torch.randn(3, 2)}, echo=b"\x00" * 5, score=Scores({"a": 1.0}, {"a": 2.0}),
                       calibration={"bits": {"image": 3}}, meta=StepMeta(1, 2, "/base", 32, 100, {"image": 3, "text": 2}))
-    back = records.read(records.write(content), StepMeta)
+    back = records.read(records.write(content), EVERYTHING, "down")
     assert back.present() == content.present() == list(records.write(content))
     for m in acts:
         assert back.acts[m].shape == acts[m].shape and torch.equal(back.acts[m].fields[0].data.flatten(), acts[m].fields[0].data.flatten())
@@ -44,18 +49,36 @@ def test_every_content_survives_the_round_trip():
     assert torch.equal(back.logits, content.logits) and torch.equal(back.loss.grad, content.loss.grad)
     assert back.loss.loss == 0.25 and torch.equal(back.part["w"], content.part["w"]) and back.echo == content.echo
     assert back.score == content.score and back.calibration == content.calibration and back.meta == content.meta
-    for meta in (NodeInfo(1, 2, 30, 8), LocalResult(30, 0.5), wire.CalibrationRequest("", 32, 8, 0.05),
-                 wire.EchoRequest(100)):
-        assert records.read(records.write(Content(meta=meta)), type(meta)).meta == meta
+    for meta, mtype, direction in ((NodeInfo(1, 2, 30, 8), wire.INFO, "up"), (LocalResult(30, 0.5), wire.LOCAL, "up"),
+                                   (wire.CalibrationRequest("", 32, 8, 0.05), wire.CALIBRATE, "down"),
+                                   (wire.EchoRequest(100), wire.ECHO, "down")):
+        back = records.read(records.write(Content(meta=meta)), wire.message_type(mtype), direction)
+        assert back.meta == meta
 
 
 def test_unexpected_records_are_refused():
+    """Each message type reads only the records the registry lets it carry."""
     rd = records.write(Content(meta=StepMeta(1, 0, "", 1, 1)))
-    with pytest.raises(ValueError, match="where none is expected"):
-        records.read(rd, None)
+    with pytest.raises(ValueError, match=r"query.info request carries unexpected record\(s\) \['meta'\]"):
+        records.read(rd, wire.message_type(wire.INFO), "down")
     rd["labels"] = rd["meta"]
-    with pytest.raises(ValueError, match="unknown record"):
-        records.read(rd, StepMeta)
+    with pytest.raises(ValueError, match=r"unexpected record\(s\) \['labels'\]"):
+        records.read(rd, wire.message_type(wire.STEP), "down")
+    score = records.write(Content(score=Scores({"a": 1.0}, {"a": 2.0})))
+    with pytest.raises(ValueError, match="train.step reply carries unexpected"):
+        records.read(score, wire.message_type(wire.STEP), "up")
+    assert records.read(score, wire.message_type(wire.SCORE), "up").score == Scores({"a": 1.0}, {"a": 2.0})
+
+
+def test_the_registry_names_every_content_field_and_a_handler_for_every_message():
+    from sltestbed.client_node import ClientNode
+
+    fields = set(Content().__dataclass_fields__)
+    assert set(records.LAYOUT) == fields
+    for spec in wire.MESSAGES.values():
+        assert set(spec.carries("down")) | set(spec.carries("up")) <= fields, spec.name
+        assert callable(getattr(ClientNode, spec.handler)), spec.name
+        assert spec.name.split(".")[0] in ("train", "evaluate", "query"), spec.name  # a Flower ClientApp route
 
 
 def test_each_part_is_what_removing_it_saves():

@@ -277,7 +277,7 @@ class LosesOneStep(InProcessTransport):
         def lost(m):
             if m.metadata.message_type != wire.STEP or self.partitions.get(m.metadata.dst_node_id) != 1:
                 return False
-            meta = records.read(m.content, wire.REQUEST_META[wire.STEP]).meta
+            meta = records.read(m.content, wire.message_type(wire.STEP), "down").meta
             return (meta.round, meta.step) == (1, 2)
 
         gone = [m for m in messages if lost(m)]

@@ -9,15 +9,16 @@ import math
 import pytest
 import torch
 
-from simulations.in_process import run_in_process
 from sltestbed import wire
 from sltestbed.base_model import build_model
 from sltestbed.experiment import ExperimentConfig
 from sltestbed.fedavg import fedavg, model_weights
+from sltestbed.label_protocol import LABELS, label_protocol
 from sltestbed.model import ClientPart, ServerPart
 from sltestbed.roles import ClientRole, ServerRole
 from sltestbed.splits import client_data, vocab_size
 from sltestbed.trainer import OptimConfig, Stage, train_stage
+from strategies.local import run_locally
 
 CONFIG = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.9, "public-fraction": 0.05, "quantizer": "fp32",
           "save-model": True}
@@ -71,7 +72,7 @@ def test_parallel_joins_every_client_in_one_batch_per_step(monkeypatch):
     batches = []
     forward = ServerRole.forward
     monkeypatch.setattr(ServerRole, "forward", lambda self, inputs: batches.append(len(inputs)) or forward(self, inputs))
-    report, _ = run_in_process({**CONFIG, "strategy": "parallel"})
+    report, _ = run_locally({**CONFIG, "strategy": "parallel"})
     steps = math.ceil(len(data[0]) / math.ceil(cfg.batch_size / 2))
     assert batches == [2] * steps  # one server forward a step, both clients in it
 
@@ -88,7 +89,7 @@ def test_parallel_joins_every_client_in_one_batch_per_step(monkeypatch):
 
 def test_sequential_hands_the_client_part_from_client_to_client():
     cfg, data, new_model = setup("sequential")
-    report, _ = run_in_process({**CONFIG, "strategy": "sequential"})
+    report, _ = run_locally({**CONFIG, "strategy": "sequential"})
     steps = [math.ceil(len(d) / cfg.batch_size) for d in data]
     clients = [client(cfg, new_model(), data[k], k=k, batch=cfg.batch_size, total_steps=max(steps)) for k in range(2)]
     srv = server(cfg, new_model(), sum(steps))
@@ -108,7 +109,7 @@ def test_sequential_hands_the_client_part_from_client_to_client():
 
 def test_splitfed_v1_averages_client_parts_and_server_copies():
     cfg, data, new_model = setup("splitfed-v1")
-    report, _ = run_in_process({**CONFIG, "strategy": "splitfed-v1"})
+    report, _ = run_locally({**CONFIG, "strategy": "splitfed-v1"})
     steps = math.ceil(len(data[0]) / cfg.batch_size)
     clients = [client(cfg, new_model(), data[k], k=k, batch=cfg.batch_size, total_steps=steps) for k in range(2)]
     srv = server(cfg, new_model(), steps)
@@ -136,9 +137,9 @@ def splitfed_v2_order(seed):
 def test_splitfed_v2_takes_clients_in_its_seeded_order_then_averages(seed):
     order = splitfed_v2_order(seed)
     cfg, data, new_model = setup("splitfed-v2", seed=seed)
-    report, _ = run_in_process({**CONFIG, "strategy": "splitfed-v2", "seed": seed})
-    first_step = {p: min(r.message for r in report.ledger.rows if r.client == p and r.message_type == wire.STEP)
-                  for p in (0, 1)}
+    report, transport = run_locally({**CONFIG, "strategy": "splitfed-v2", "seed": seed})
+    first_step = {p: min(i for i, (_, _, node, mtype) in enumerate(transport.sent)
+                         if transport.partitions[node] == p and mtype == wire.STEP) for p in (0, 1)}
     assert sorted((0, 1), key=first_step.get) == order
     steps = [math.ceil(len(d) / cfg.batch_size) for d in data]
     clients = [client(cfg, new_model(), data[k], k=k, batch=cfg.batch_size, total_steps=max(steps)) for k in range(2)]
@@ -162,7 +163,7 @@ def test_seeds_with_both_splitfed_v2_orders_are_tested():
 
 def test_fedavg_averages_locally_trained_whole_models():
     cfg, data, new_model = setup("fedavg")
-    report, _ = run_in_process({**CONFIG, "strategy": "fedavg"})
+    report, _ = run_locally({**CONFIG, "strategy": "fedavg"})
     global_model = new_model()
     states, sizes = [], []
     for k in range(2):
@@ -174,3 +175,24 @@ def test_fedavg_averages_locally_trained_whole_models():
         sizes.append(len(data[k]))
     global_model.load_weights(fedavg(states, sizes))
     assert_same(report.model, global_model)
+
+
+@pytest.mark.parametrize("labels", LABELS)
+def test_a_step_makes_the_round_trips_its_label_protocol_says_and_the_benchmark_counts_them(labels):
+    report, transport = run_locally({**CONFIG, "strategy": "parallel", "labels": labels, "benchmark-roundtrips": 1,
+                                     "save-model": False})
+    training = [(step, mtype) for rnd, step, _, mtype in transport.sent if rnd == 1 and step >= 0
+                and mtype in (wire.STEP, wire.LOGITS)]
+    steps = {step for step, _ in training}
+    assert len(set(training)) == label_protocol(labels).round_trips * len(steps)
+    assert report.roundtrip["roundtrips_per_step"] == label_protocol(labels).round_trips
+
+
+def test_these_tests_need_no_flower():
+    """The strategies' semantics run without Flower (a fresh interpreter imports this file)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'tests'); import test_strategy_semantics; "
+            "assert not [m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')], 'flwr imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=__file__.rsplit("/tests/", 1)[0])

@@ -2,11 +2,11 @@
 
 from .config import LANGUAGE_MODELS, PRESETS, VISION_TOWERS, TinyLlavaConfig, preset
 from .profile import cut_profile
-from .split import LABELS, ClientPart, CutFeatures, HeadPart, ServerPart, SplitTinyLlava, parse_cut
+from .split import ClientPart, CutFeatures, HeadPart, ServerPart, SplitTinyLlava, parse_cut
 from .tinyllava import MODALITIES, TinyLlava, answer_positions
 
 __all__ = [
-    "LABELS", "ClientPart", "CutFeatures", "HeadPart", "LANGUAGE_MODELS", "MODALITIES", "PRESETS", "ServerPart",
+    "ClientPart", "CutFeatures", "HeadPart", "LANGUAGE_MODELS", "MODALITIES", "PRESETS", "ServerPart",
     "SplitTinyLlava", "TinyLlava", "TinyLlavaConfig", "VISION_TOWERS", "answer_positions", "cut_profile",
     "parse_cut", "preset",
 ]

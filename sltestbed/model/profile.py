@@ -7,7 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..comm_model import Workload
-from .split import LABELS, ClientPart, parse_cut
+from ..label_protocol import LABELS, label_protocol
+from .split import ClientPart, parse_cut
 from .tinyllava import TinyLlava
 
 
@@ -19,11 +20,10 @@ def cut_profile(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.T
     protocol adds (labels at the server: the label up; at the client: the logits down, the
     loss and d loss / d logits up; U-shaped: the hidden state at the answer position down,
     the loss and its gradient up)."""
-    if labels not in LABELS:
-        raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
+    protocol = label_protocol(labels)
     batch = pixel_values.shape[0]
-    out = {"server": 0, "client": model.config.vocab_size, "u-shaped": model.lm_hidden}[labels]
-    head = model.lm.lm_head.weight.numel() if labels == "u-shaped" else 0
+    out = protocol.output_elements(model.config.vocab_size, model.lm_hidden)
+    head = model.lm.lm_head.weight.numel() if protocol.head_on_client else 0
     rows = []
     for k in range(model.num_lm_layers):
         cut = "connector" if k == 0 else f"lm:{k}"
@@ -38,7 +38,7 @@ def cut_profile(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.T
             "client_parameters": client_params,
             "server_parameters": sum(p.numel() for p in model.parameters()) - client_params,
             "client_flops_per_sample": counter.get_total_flops() / batch,
-            "up_elements_per_sample": per_sample + (1 if labels == "server" else out + 1),
+            "up_elements_per_sample": per_sample + protocol.up_elements(model.config.vocab_size, model.lm_hidden),
             "down_elements_per_sample": per_sample + out,
         })
     return rows

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..label_protocol import label_protocol
 from ..quantizers import QuantOut
 from .components import run_decoder_layers
 from .tinyllava import TinyLlava, answer_positions
@@ -104,9 +105,6 @@ class HeadPart(nn.Module):
         return self.head(hidden)
 
 
-LABELS = ("server", "client", "u-shaped")  # where the labels (and the loss) live; U-shaped: the head too
-
-
 class SplitTinyLlava(nn.Module):
     """Client part, quantizers and server part (and head) in one process: the reference for
     split training without a network, and the in-process quantized training. The head sits on
@@ -115,13 +113,12 @@ class SplitTinyLlava(nn.Module):
 
     def __init__(self, model: TinyLlava, cut: str | int = "connector", labels: str = "server"):
         super().__init__()
-        if labels not in LABELS:
-            raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
+        protocol = label_protocol(labels)
         self.model = model
         self.cut_layers = parse_cut(cut, model.num_lm_layers)
         self.client = ClientPart(model, self.cut_layers)
-        self.server = ServerPart(model, self.cut_layers, with_head=labels != "u-shaped")
-        self.head = HeadPart(model) if labels == "u-shaped" else None
+        self.server = ServerPart(model, self.cut_layers, with_head=not protocol.head_on_client)
+        self.head = HeadPart(model) if protocol.head_on_client else None
 
     def forward(self, pixel_values, input_ids, lengths) -> tuple[torch.Tensor, torch.Tensor]:
         """(answer logits, summed distortion loss of the quantizers)."""

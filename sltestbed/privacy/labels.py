@@ -115,9 +115,10 @@ def infer_labels(observation: Observation, knowledge: Knowledge,
     """Every observed sample's label, by the attack that fits where the labels are."""
     started = time.perf_counter()
     batches = observation.batches
-    if observation.labels == "server":
+    protocol = observation.label_protocol
+    if not protocol.private:
         labels, name = torch.cat([b.labels for b in batches]), "labels-at-server"
-    elif observation.labels == "client":
+    elif not protocol.head_on_client:
         labels = torch.cat([labels_from_logit_grads(b.logit_grads, b.logits) for b in batches])
         name = "logit-gradient"
     else:

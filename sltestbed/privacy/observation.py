@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..label_protocol import label_protocol
 from ..model import ClientPart, HeadPart, ServerPart, TinyLlava, parse_cut
 from ..quantizers import Payload, dequantize
 from ..roles import load_client_state
 from ..trainer import TensorData
 
 LEVELS = ("public-base", "private-base", "white-box")
-LABEL_MODES = ("server", "client", "u-shaped")
 
 
 @contextmanager
@@ -88,8 +88,11 @@ class Observation:
     def __post_init__(self):
         if not self.batches:
             raise ValueError("an observation needs at least one batch")
-        if self.labels not in LABEL_MODES:
-            raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}")
+        label_protocol(self.labels)  # a known mode, or ValueError naming them
+
+    @property
+    def label_protocol(self):
+        return label_protocol(self.labels)
 
     @property
     def batch_size(self) -> int:
@@ -236,11 +239,10 @@ def record_observation(model: TinyLlava, data: TensorData, *, cut: str | int = "
     server part and d loss / d logits from the client's cross-entropy; in the U-shaped split
     the client's head turns the server's answer-position output into the loss, and d loss /
     d output is what goes up. `max_samples`: stop after the batch that reaches it."""
-    if labels not in LABEL_MODES:
-        raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
+    protocol = label_protocol(labels)
     k = parse_cut(cut, model.num_lm_layers)
     client = ClientPart(model, k)
-    server = ServerPart(model, k, with_head=labels != "u-shaped")
+    server = ServerPart(model, k, with_head=not protocol.head_on_client)
     head = HeadPart(model)
     was_training = model.training
     model.eval()
@@ -252,19 +254,16 @@ def record_observation(model: TinyLlava, data: TensorData, *, cut: str | int = "
         with torch.no_grad():
             payloads = {m: q.payload for m, q in client(batch["pixel_values"], batch["input_ids"]).items()}
         observed = ObservedBatch(idx, payloads, batch["lengths"])
-        if labels == "server":
+        if not protocol.private:
             observed.labels = batch["labels"]
         else:
             with torch.no_grad():
                 out = server(dequantize(payloads["image"]), dequantize(payloads["text"]), batch["lengths"])
             leaf = out.detach().requires_grad_(True)
-            logits = leaf if labels == "client" else head(leaf)
+            logits = head(leaf) if protocol.head_on_client else leaf
             loss = nn.functional.cross_entropy(logits, batch["labels"])
             (grad,) = torch.autograd.grad(loss, leaf)
-            if labels == "client":
-                observed.logits, observed.logit_grads = out.detach(), grad
-            else:
-                observed.hidden, observed.hidden_grads = out.detach(), grad
+            protocol.keep(observed, out.detach(), grad)
         batches.append(observed)
         if max_samples is not None and start + len(idx) >= max_samples:
             break

@@ -21,6 +21,7 @@ from dataclasses import asdict
 
 import torch
 
+from ..label_protocol import label_protocol
 from .ceiling import information_ceiling
 from .code_classifier import code_classifier_inversion
 from .inversion import DECODERS, InversionBudget, learned_inversion
@@ -56,7 +57,7 @@ def applicable(knowledge: Knowledge, labels: str = "server") -> tuple[str, ...]:
     return tuple(a for a in ATTACKS if (a != "nearest-token" or knowledge.cut_layers == 0)
                  and (a != "rmle" or knowledge.level == "white-box")
                  and (a != "code-classifier" or knowledge.aux_classes is not None)
-                 and (a != "labels" or labels != "server"))
+                 and (a != "labels" or label_protocol(labels).private))
 
 
 def best_of(results: dict, metrics: dict) -> dict:
@@ -180,7 +181,7 @@ def run_attacks(observation: Observation, knowledge: Knowledge, truth: ClientTru
                       "chance": 1.0 / len(candidates),
                       "majority_baseline": label_accuracy(torch.full_like(true, int(majority)), true),
                       "seconds": inferred.seconds}
-            if observation.labels == "u-shaped":
+            if observation.label_protocol.head_on_client:  # the U-shaped no-knowledge attack too
                 pairs = [pairwise_accuracy(same_label_pairs(b.hidden_grads), truth.labels[b.indices])
                          for b in observation.batches]
                 zero = [pairwise_accuracy(same_label_pairs(b.hidden_grads, 0.0), truth.labels[b.indices])[0]

@@ -42,7 +42,7 @@ import torch
 from ..base_model import BaseSpec, ensure_base_model
 from ..experiment import ExperimentConfig
 from ..model import TinyLlava
-from ..splits import client_data, client_records, question_types, splits
+from ..splits import client_data, client_records, splits
 from ..trainer import TensorData
 from .inversion import InversionBudget
 from .metrics import AttackClassifier
