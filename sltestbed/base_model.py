@@ -23,7 +23,6 @@ from .experiment import ExperimentConfig
 from .model import TinyLlava, TinyLlavaConfig, preset
 from .trainer import TensorData, evaluate, stage_regime, train_stage
 
-BATCH_SIZE = 64  # the base model's training batch
 TRAINING_RECORD = "training.json"
 
 
@@ -46,7 +45,7 @@ class BaseSpec:
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> "BaseSpec":
         """The base model of a run."""
-        return cls(cfg.dataset, cfg.preset, None, cfg.seed, cfg.base_epochs, cfg.base_lr, BATCH_SIZE, cfg.test_fraction,
+        return cls(cfg.dataset, cfg.preset, None, cfg.seed, cfg.base_epochs, cfg.base_lr, cfg.base_batch_size, cfg.test_fraction,
                    public_fraction=cfg.public_fraction)
 
     def key(self) -> str:

@@ -6,7 +6,7 @@ turns each modality's features into what its quantizer rounds (the normalised fe
 
 - per batch: the KDE density on a fixed grid of [-1, 1] and the differential entropy h
   (the paper's appendix figure plots these across 8 batches);
-- over all batches pooled: `entropy.select_bits`, i.e. h, the entropy H* a distortion budget
+- over all batches pooled: `bit_width.select_bits`, i.e. h, the entropy H* a distortion budget
   needs, the chosen width (smallest b >= H*) and per b the entropy figures.
 
 Only these summaries leave the client, never feature values. The server combines the
@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .entropy import kde_entropy, select_bits
+from .bit_width import select_bits
+from .entropy import kde_entropy
 from .model import ClientPart
 from .roles import BatchCursor
 from .trainer import TensorData

@@ -116,7 +116,7 @@ class ClientRole:
 
     def __init__(self, model: TinyLlava, cut_layers: int, data: TensorData, *, batch_size: int, seed: int,
                  optim: OptimConfig, trainable=("vision", "connector", "quantizers", "lm"),
-                 distortion_weight: float = 0.25, head: bool = False):
+                 distortion_weight: float = 0.0, head: bool = False):
         set_trainable(model, trainable)
         self.model = model
         self.part = ClientPart(model, cut_layers)

@@ -26,7 +26,6 @@ import time
 
 import torch
 
-from .base_model import BATCH_SIZE as BASE_BATCH_SIZE
 from .base_model import BaseSpec, ensure_base_model, training_record
 from .data import majority_baseline
 from .experiment import LABELS, ExperimentConfig
@@ -43,7 +42,7 @@ def log(message: str) -> None:
 
 def base_spec(args) -> BaseSpec:
     return BaseSpec(args.dataset, args.preset, args.image_size, args.seed, args.base_epochs, args.base_lr,
-                    BASE_BATCH_SIZE, args.test_fraction, tuple(sorted(args.dataset_options.items())),
+                    ExperimentConfig.base_batch_size, args.test_fraction, tuple(sorted(args.dataset_options.items())),
                     public_fraction=args.public_fraction)
 
 

@@ -124,10 +124,12 @@ def forward_fn(model: nn.Module):
 
 
 def train_stage(model: nn.Module, base: TinyLlava, data: TensorData, stage: Stage, batch_size: int,
-                seed: int, distortion_weight: float = 0.25, progress: bool = True, weight_decay: float = 0.01,
+                seed: int, distortion_weight: float = 0.0, progress: bool = True, weight_decay: float = 0.01,
                 on_epoch=None):
     """Train `model` (unsplit or split; its weights live in `base`) for one stage. Returns the
-    mean training loss of each epoch; `on_epoch(epoch, loss)` is called after each."""
+    mean training loss of each epoch; `on_epoch(epoch, loss)` is called after each.
+    `distortion_weight`: the quantizers' regulariser's weight (a run passes its
+    `distortion-weight`; an unsplit model has no quantizers and no such term)."""
     params = set_trainable(base, stage.trains)
     steps = stage.epochs * -(-len(data) // batch_size)
     optimizer, schedule = OptimConfig(stage.lr, steps, stage.warmup, weight_decay).build(params)

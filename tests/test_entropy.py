@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from sltestbed.bit_width import select_bits
 from sltestbed.entropy import (
     code_entropy,
     isj_bandwidth,
     kde_entropy,
-    select_bits,
     silverman_bandwidth,
 )
 

@@ -175,3 +175,9 @@ def test_bad_cut_and_preset():
         TinyLlava.from_pretrained("/no/such/model")
     with pytest.raises(ValueError, match="unknown TinyLlavaConfig key"):
         TinyLlavaConfig.from_dict({"colour": "red"})
+
+
+def test_a_bare_config_is_the_tiny_preset():
+    from sltestbed.model import TinyLlavaConfig, preset
+
+    assert TinyLlavaConfig() == preset("tiny")

@@ -13,21 +13,22 @@ LANGUAGE_MODELS = ("llama", "qwen2")
 @dataclass
 class TinyLlavaConfig:
     # vision tower (a transformers vision model built from this config, or loaded from vision_path)
+    # (the defaults are the "tiny" preset: `TinyLlavaConfig()` is the default benchmark's model)
     vision_tower: str = "siglip"
-    image_size: int = 16
+    image_size: int = 8
     patch_size: int = 4
-    vision_hidden: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 4
-    vision_intermediate: int = 128
+    vision_hidden: int = 16
+    vision_layers: int = 1
+    vision_heads: int = 2
+    vision_intermediate: int = 32
     vision_feature_layer: int = -1  # hidden state fed to the connector (TinyLLaVA uses -2)
     # language model (a transformers causal LM, or loaded from lm_path)
     language_model: str = "llama"
     vocab_size: int = 64
-    lm_hidden: int = 64
+    lm_hidden: int = 16
     lm_layers: int = 2
-    lm_heads: int = 4
-    lm_intermediate: int = 128
+    lm_heads: int = 2
+    lm_intermediate: int = 32
     max_positions: int = 256
     # connector: 2-layer MLP with GELU, vision_hidden -> lm_hidden -> lm_hidden
     # quantizers at the cut, one per modality (image tokens, text tokens)

@@ -89,7 +89,7 @@ def build_scenario(dataset: str = "digits-vqa", *, preset: str = DEFAULTS.preset
     class_options = {**dict(options), "image_size": image_size, "seed": seed}
     client_data, aux_data = TensorData(mine, collator, qtypes), TensorData(aux, collator, qtypes)
     test_data = TensorData(test, collator, qtypes)
-    spec = BaseSpec(dataset, preset, None, seed, base_epochs, base_lr, 64, test_fraction, options,
+    spec = BaseSpec(dataset, preset, None, seed, base_epochs, base_lr, DEFAULTS.base_batch_size, test_fraction, options,
                     public_fraction=public_fraction)
     base_dir = ensure_base_model(base, spec, cache_dir, lambda: (TensorData(train, collator, qtypes), test_data),
                                  len(tokenizer), progress=False, log_fn=log_fn or (lambda _: None))
