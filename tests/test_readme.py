@@ -1,4 +1,4 @@
-"""README.md's images and relative links point at files and headings that exist.
+"""README.md's and the docs pages' images and relative links point at files and headings that exist.
 
 Checked: markdown links and images ([text](target), ![alt](target)), reference definitions
 ([name]: target) and HTML <img src> / <a href>, outside code blocks and code spans. External
@@ -113,14 +113,30 @@ def test_readme_links_and_images_resolve():
     assert not problems, "README.md has broken links or images:\n" + "\n".join(problems)
 
 
+def test_the_docs_pages_links_and_images_resolve():
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    assert len(pages) >= 5
+    problems = [f"{page.name} {p}" for page in pages for p in broken(page, ROOT, tracked(ROOT))]
+    assert not problems, "docs pages have broken links or images:\n" + "\n".join(problems)
+
+
 def test_the_readme_check_sees_the_readmes_links():
-    """The check above is not vacuous: it finds the README's images, anchors and external link."""
-    found = {t for _, t in targets(README.read_text(encoding="utf-8"))}
-    assert {"https://flower.ai", "#flower", "#entropy-and-the-bit-width"} <= found
+    """The check above is not vacuous: it finds the README's images, anchors, pages and external link."""
+    text = README.read_text(encoding="utf-8")
+    found = {t for _, t in targets(text)}
+    assert {"https://flower.ai", "docs/running.md#flower", "docs/quantizers.md#entropy-and-the-bit-width",
+            "docs/privacy.md", "docs/results.md"} <= found
     assert any(t.endswith(".png") for t in found)
-    ids = anchors(README.read_text(encoding="utf-8"))
-    assert {"quickstart", "flower", "entropy-and-the-bit-width", "sweeps-and-analysis", "results"} <= ids
-    assert "flwr-leaves-its-local-superlink-running-stop-it-by-its-pid-when-done" not in ids  # a comment in code
+    ids = anchors(text)
+    assert {"quickstart", "how-a-run-goes", "run-configuration", "extending-it", "documentation"} <= ids
+    assert "flwr-leaves-its-local-superlink-running-stop-it-by-its-pid-when-done" not in anchors(
+        (ROOT / "docs" / "running.md").read_text(encoding="utf-8"))  # a comment in code
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_the_readme_stays_short():
+    found = {t.partition("#")[0] for _, t in targets(README.read_text(encoding="utf-8"))}
+    assert {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")} <= found
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 200
 
 
 def test_slugs_follow_github():
