@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 experiment: $(STAMP)
-	$(BIN)/python -m simulations.launch
+	$(BIN)/python -m harness.launch
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

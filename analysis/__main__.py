@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import comm_table, network, plots, privacy, privacy_plots
-from .runs import load_runs
+from .run_dirs import load_runs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runs import Run, check_unique_seeds, group_sort_key, label_settings
+from .run_dirs import Run, check_unique_seeds, group_sort_key, label_settings
 from .stats import t_interval
 
 DIRECTIONS = ("up", "down")

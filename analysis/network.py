@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .runs import TURN_TAKING, Run, group_sort_key, label_settings
+from .run_dirs import TURN_TAKING, Run, group_sort_key, label_settings
 
 
 @dataclass(frozen=True)

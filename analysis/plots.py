@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .runs import Run, group_sort_key, label_settings  # noqa: E402
+from .run_dirs import Run, group_sort_key, label_settings  # noqa: E402
 from .stats import t_interval  # noqa: E402
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9})

@@ -1,7 +1,7 @@
 """The privacy table: what an honest-but-curious server recovered from what crossed the cut,
 per width, beside the baselines that show what recovering nothing looks like.
 
-Read from each run's privacy.json (`analysis.runs.read_privacy`): one report per knowledge
+Read from each run's privacy.json (`analysis.run_dirs.read_privacy`): one report per knowledge
 level, "public-base" (the attacker knows the public base model, its client part included)
 and, for the strategies that send client weights through the server (sequential, SplitFed),
 "white-box". Runs without privacy.json are not in the table.
@@ -55,7 +55,7 @@ from . import comm_table
 from sltestbed.label_protocol import PROTOCOLS
 
 from .comm_table import NOT_AVAILABLE, _nan, _plus_minus, run_figures
-from .runs import (
+from .run_dirs import (
     ATTACK_KEYS,
     ATTACK_KINDS,
     BASELINE_KEYS,

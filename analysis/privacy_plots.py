@@ -36,7 +36,7 @@ import pandas as pd  # noqa: E402
 from . import plots  # noqa: E402
 from .comm_table import _nan  # noqa: E402
 from .privacy import attacks_of, prefix, privacy_settings  # noqa: E402
-from .runs import Run, group_sort_key  # noqa: E402
+from .run_dirs import Run, group_sort_key  # noqa: E402
 from .stats import t_interval  # noqa: E402
 
 REFERENCES = ("fp32", "fp16", "bf16")

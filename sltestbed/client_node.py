@@ -17,7 +17,7 @@ import torch
 from . import calibration, wire
 from .base_model import build_model
 from .experiment import ExperimentConfig
-from .fedavg import model_weights
+from .averaging import model_weights
 from .label_protocol import label_protocol
 from .model import MODALITIES, ClientPart
 from .roles import ClientRole

@@ -3,7 +3,7 @@
 Flower-free and typed. Both Flower apps speak it: the ClientApp answers with a `Content`
 built by the client node (`client_node.py`), the strategies send `Content` and read the
 replies. How a `Content` is laid out in a Flower message (which record, which key) is the
-other half of the contract, in `simulations/records.py`; nothing else touches records.
+other half of the contract, in `app/flower_records.py`; nothing else touches records.
 
 `MESSAGES` is the one registry of message types: what a request and its reply may carry,
 the meta each has, the client node's handler, and whether it acts on or changes the node's
@@ -14,7 +14,7 @@ it; adding a message is one entry there (and its handler, where it needs a new o
 What is pending for a client rides in the next message to it, whatever its type: the
 gradient of its last step (`grads`) first, then new client-part weights (`part`). The client
 applies them in that order before the message's own action (`ClientNode.receive`); the
-server keeps them until then (`strategies.base.Outbox`). A client whose last step the server
+server keeps them until then (`strategies.strategy.Outbox`). A client whose last step the server
 dropped gets no gradient: its pending forward is discarded.
 """
 

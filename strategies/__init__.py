@@ -1,7 +1,7 @@
 """Server-side coordination of split training, one strategy per module, Flower-free: a
 strategy talks to its clients through a `Transport` (`transport.py`)."""
 
-from .base import RunStopped
+from .strategy import RunStopped
 from .fedavg import FedAvgStrategy
 from .parallel import ParallelStrategy
 from .sequential import SequentialStrategy, SplitFedV2Strategy

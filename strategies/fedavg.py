@@ -5,11 +5,11 @@ ways each round, no activations: the communication comparison split learning is 
 from __future__ import annotations
 
 from sltestbed import wire
-from sltestbed.fedavg import fedavg, model_weights
+from sltestbed.averaging import fedavg, model_weights
 from sltestbed.scoring import Scores
 from sltestbed.wire import Content
 
-from .base import Strategy
+from .strategy import Strategy
 
 
 class FedAvgStrategy(Strategy):

@@ -3,7 +3,7 @@
 The strategies' semantics tests use it (what each strategy computes, checked by hand against
 the roles): no Flower `Message`, no records, no bytes in the ledger. Each request and reply
 is deep-copied, as sending it would, so neither side touches the other's tensors. The Flower
-path (`simulations.in_process`, `flwr run`) has its own end-to-end tests, bytes included.
+path (`app.in_process`, `flwr run`) has its own end-to-end tests, bytes included.
 
     report, transport = run_locally({"strategy": "sequential", "preset": "tiny"}, num_clients=2)
 """

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from .base import Strategy
+from .strategy import Strategy
 
 
 class ParallelStrategy(Strategy):

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .base import Strategy
+from .strategy import Strategy
 
 
 class SequentialStrategy(Strategy):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
-from sltestbed.fedavg import fedavg
+from sltestbed.averaging import fedavg
 
-from .base import Strategy
+from .strategy import Strategy
 
 
 class SplitFedV1Strategy(Strategy):

@@ -4,8 +4,8 @@ A strategy hands a transport one request per node (message type and `wire.Conten
 sent in one round trip, and gets back the replies that came plus, per node, why none came.
 A transport counts every byte it moves in its ledger and the round trips it made.
 
-Two implementations: Flower's Grid (`simulations.transport.GridTransport`), and an
-in-process one that calls the ClientApp's handler directly (`simulations.in_process`), which
+Two implementations: Flower's Grid (`app.grid_transport.GridTransport`), and an
+in-process one that calls the ClientApp's handler directly (`app.in_process`), which
 the strategies' unit tests use.
 """
 

@@ -17,7 +17,7 @@ import pytest
 from analysis import comm_table as ct
 from analysis import plots, privacy, privacy_plots
 from analysis.__main__ import main as analysis_main
-from analysis.runs import load_run, load_runs
+from analysis.run_dirs import load_run, load_runs
 
 T_975_1 = 12.706  # Student t, 97.5% quantile, 1 degree of freedom (2 seeds)
 CLIENTS = [{"node_id": 1, "partition": 0, "train_size": 100, "test_size": 20},

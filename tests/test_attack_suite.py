@@ -26,7 +26,7 @@ from sltestbed.privacy import (
 from sltestbed.privacy.labels import cluster_threshold, pairwise_accuracy, same_label_pairs
 from sltestbed.privacy.nearest import choose_k, nearest
 from sltestbed.privacy.public import distinct_images
-from sltestbed.privacy.run import IMAGE_ATTACKS, applicable
+from sltestbed.privacy.suite import IMAGE_ATTACKS, applicable
 from sltestbed.trainer import TensorData
 
 SMALL = InversionBudget(steps=150, passes=2, hidden=32, eval_every=50)
@@ -128,15 +128,15 @@ def test_no_attack_reads_the_attacked_samples(digits, classifier):
 def test_the_public_base_never_trains_on_the_clients_data(tmp_path, monkeypatch):
     """The attacker's base model is the same whatever the training and test splits hold."""
     from sltestbed.experiment import ExperimentConfig
-    from sltestbed.privacy import runs
+    from sltestbed.privacy import after_training
 
     cfg = ExperimentConfig.from_run_config({"base-epochs": 1, "cache-dir": str(tmp_path / "a")})
-    first = TinyLlava.from_pretrained(runs.public_base_dir(cfg, log=lambda _: None))
-    real = runs.splits(cfg)
+    first = TinyLlava.from_pretrained(after_training.public_base_dir(cfg, log=lambda _: None))
+    real = after_training.splits(cfg)
     poison = lambda split: split.map(lambda r: {**r, "question": "poison " + r["question"]})  # noqa: E731
-    monkeypatch.setattr(runs, "splits", lambda _: real._replace(train=poison(real.train), test=poison(real.test)))
+    monkeypatch.setattr(after_training, "splits", lambda _: real._replace(train=poison(real.train), test=poison(real.test)))
     cfg = ExperimentConfig.from_run_config({"base-epochs": 1, "cache-dir": str(tmp_path / "b")})
-    second = TinyLlava.from_pretrained(runs.public_base_dir(cfg, log=lambda _: None))
+    second = TinyLlava.from_pretrained(after_training.public_base_dir(cfg, log=lambda _: None))
     for (k, v), w in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(v, w), k
     assert BaseSpec.of(cfg).key() != replace(BaseSpec.of(cfg), pool="public").key()
@@ -145,7 +145,7 @@ def test_the_public_base_never_trains_on_the_clients_data(tmp_path, monkeypatch)
 def test_the_public_pool_is_in_no_clients_data():
     """Every image the attacker knows is outside every client's partition and test shard."""
     from sltestbed.experiment import ExperimentConfig
-    from sltestbed.privacy import runs
+    from sltestbed.privacy import after_training
     from sltestbed.splits import client_records
 
     cfg = ExperimentConfig()
@@ -153,8 +153,8 @@ def test_the_public_pool_is_in_no_clients_data():
     for partition in range(3):
         for records in client_records(cfg, partition, 3):
             clients |= set(records.with_format(None)["image_id"])
-    public = set(runs.splits(cfg).public.with_format(None)["image_id"])
-    aux, _ = runs.public_slice(cfg)
+    public = set(after_training.splits(cfg).public.with_format(None)["image_id"])
+    aux, _ = after_training.public_slice(cfg)
     assert public and not public & clients
     assert len(public) >= cfg.public_size and aux.pixel_values.shape[0] >= cfg.public_size
 

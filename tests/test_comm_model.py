@@ -23,12 +23,12 @@ import math
 
 import pytest
 
-from simulations.in_process import run_in_process
+from app.in_process import run_in_process
 from sltestbed import codec, comm_model
 from sltestbed.client_node import ClientNode
 from sltestbed.comm_model import Round, Workload
 from sltestbed.experiment import ExperimentConfig
-from sltestbed.fedavg import model_weights
+from sltestbed.averaging import model_weights
 from sltestbed.base_model import build_model
 from sltestbed.model.profile import cut_workload
 from sltestbed.splits import client_data, vocab_size

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from simulations.deployment import deployment
-from simulations.in_process import run_in_process
-from simulations.processes import pid_alive
-from simulations.superlink import simulation_superlink
+from harness.deployment import deployment
+from app.in_process import run_in_process
+from harness.processes import pid_alive
+from harness.superlink import simulation_superlink
 from sltestbed.experiment import ExperimentConfig
 from sltestbed.splits import client_data
 from sltestbed.model import TinyLlava
@@ -92,7 +92,7 @@ def test_a_clientapp_worker_killed_mid_run_is_replaced_and_the_run_finishes(link
     """The `kill` fault SIGKILLs partition 1's ClientApp worker (its Ray actor's process) in
     the middle of step 2, as Ray's memory monitor would. Flower alone puts the dead actor back
     into its pool and every later message it takes fails; the ServerApp's patch
-    (simulations/actor_pool.py) replaces it, and the node goes on from its `context.state`."""
+    (app/actor_pool.py) replaces it, and the node goes on from its `context.state`."""
     result, out = run(link, tmp_path, fault="kill:1:1:2")
     assert result.ok, result.describe()
     assert "a ClientApp worker died" in result.logs and "replaced by a new one" in result.logs
@@ -109,8 +109,8 @@ def test_a_clientapp_worker_killed_mid_run_is_replaced_and_the_run_finishes(link
 
 def test_past_max_failed_steps_the_launch_fails_naming_the_client_and_the_cause(tmp_path, monkeypatch, capsys):
     """max-failed-steps=0: the killed worker's one lost message stops the run; `flwr list`
-    says finished:failed, `python -m simulations.launch` exits 1 with the message."""
-    from simulations import launch
+    says finished:failed, `python -m harness.launch` exits 1 with the message."""
+    from harness import launch
 
     monkeypatch.chdir(tmp_path)
     overrides = {**TINY, "output-dir": str(tmp_path / "results"), "run-name": "run", "fault": "kill:1:1:2",

@@ -8,7 +8,8 @@ import zlib
 import pytest
 import torch
 
-from sltestbed import codec, fuzz
+from harness import fuzz
+from sltestbed import codec
 from sltestbed.quantizers import build_quantizer, scheme_class
 
 

@@ -1,4 +1,4 @@
-"""End-to-end checks of the Flower harness (simulations/superlink.py, deployment.py, processes.py,
+"""End-to-end checks of the Flower harness (harness/superlink.py, deployment.py, processes.py,
 flower_env.py) on a tiny throwaway Flower app.
 
 The app (module ``harness_echo_app``, written into a tmp dir per test) has a ServerApp that
@@ -20,10 +20,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulations.deployment import deployment  # noqa: E402
-from simulations.flower_env import FlowerHarnessError, find_venv_bin, flower_env  # noqa: E402
-from simulations.processes import HARNESS_TAG_VAR, pid_alive  # noqa: E402
-from simulations.superlink import run_simulation, simulation_superlink  # noqa: E402
+from harness.deployment import deployment  # noqa: E402
+from harness.flower_env import FlowerHarnessError, find_venv_bin, flower_env  # noqa: E402
+from harness.processes import HARNESS_TAG_VAR, pid_alive  # noqa: E402
+from harness.superlink import run_simulation, simulation_superlink  # noqa: E402
 
 pytestmark = pytest.mark.flower
 

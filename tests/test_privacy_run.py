@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from simulations.in_process import run_in_process
-from simulations.results import write_results
+from app.in_process import run_in_process
+from app.results import write_results
 from sltestbed.experiment import ExperimentConfig
 from sltestbed.privacy import __main__ as rerun
-from sltestbed.privacy import runs
+from sltestbed.privacy import after_training
 
 CONFIG = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.85, "public-fraction": 0.05, "attack": "inversion",
           "attack-steps": 60, "public-size": 60, "attack-samples": 100}
@@ -35,7 +35,7 @@ def test_the_server_keeps_a_bounded_sample_of_whole_training_batches(attacked):
     per_sample = max(sum(p.numel for p in b.payloads.values()) / len(b) for b in observation.batches)
     assert stored <= CONFIG["attack-samples"] * per_sample  # one byte a 2-bit code, unpacked
     # each kept batch is named by its rows of the clients' data, checked against its question lengths
-    truth = runs.client_truth(report.cfg, report.clients)
+    truth = after_training.client_truth(report.cfg, report.clients)
     for b in observation.batches:
         assert torch.equal(truth.lengths[b.indices], b.lengths)
         assert b.logits is not None and b.logit_grads is not None  # labels at the client: what came back
@@ -43,7 +43,7 @@ def test_the_server_keeps_a_bounded_sample_of_whole_training_batches(attacked):
 
 def test_the_run_writes_its_attacks(attacked):
     report, directory = attacked
-    privacy = json.loads((directory / runs.PRIVACY_FILE).read_text())
+    privacy = json.loads((directory / after_training.PRIVACY_FILE).read_text())
     summary = json.loads((directory / "summary.json").read_text())
     assert set(privacy["levels"]) == {"public-base", "white-box"}  # sequential sends the client part through the server
     for level in privacy["levels"].values():
@@ -55,7 +55,7 @@ def test_the_run_writes_its_attacks(attacked):
         assert level["attacks"]["learned-inversion"]["samples"] == len(report.observation)
     assert summary["privacy"]["public-base"]["labels"] == {"accuracy": 1.0}
     assert summary["privacy"]["public-base"]["best"] == privacy["levels"]["public-base"]["best"]
-    images = np.load(directory / runs.RECONSTRUCTIONS_FILE)
+    images = np.load(directory / after_training.RECONSTRUCTIONS_FILE)
     assert images["public-base/truth"].shape == images["public-base/learned-inversion"].shape == (8, 3, 8, 8)
     assert images["public-base/truth"].dtype == np.uint8
 
@@ -63,8 +63,8 @@ def test_the_run_writes_its_attacks(attacked):
 def test_the_attacks_run_again_from_the_run_directory_with_the_same_numbers(attacked, tmp_path):
     _, directory = attacked
     assert rerun.main([str(directory), "--out", str(tmp_path)]) == 0
-    again = json.loads((tmp_path / runs.PRIVACY_FILE).read_text())
-    first = json.loads((directory / runs.PRIVACY_FILE).read_text())
+    again = json.loads((tmp_path / after_training.PRIVACY_FILE).read_text())
+    first = json.loads((directory / after_training.PRIVACY_FILE).read_text())
 
     def numbers(report):  # everything but timings
         return {level: {a: {k: v for k, v in r.items() if k != "seconds"} for a, r in rep["attacks"].items()}

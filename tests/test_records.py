@@ -6,7 +6,7 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from simulations import records
+from app import flower_records as records
 from sltestbed import codec, wire
 from sltestbed.ledger import ByteLedger, ideal_bytes
 from sltestbed.quantizers import build_quantizer

@@ -5,7 +5,7 @@ import torch
 
 from sltestbed.data import VQACollator, build_tokenizer, make_digits_vqa
 from sltestbed.model import TinyLlava, preset
-from sltestbed.fedavg import fedavg
+from sltestbed.averaging import fedavg
 from sltestbed.roles import BatchCursor, ClientRole, ServerRole
 from sltestbed.trainer import MODULE_GROUPS, OptimConfig, Stage, TensorData, train_stage
 

@@ -11,7 +11,7 @@ from sltestbed.experiment import ExperimentConfig
 from sltestbed.scoring import Scores
 from sltestbed.trainer import evaluate
 from sltestbed.wire import Batch, Content
-from strategies.base import Strategy
+from strategies.strategy import Strategy
 from strategies.setup import Client, RunSetup
 from strategies.transport import Exchange, Transport
 

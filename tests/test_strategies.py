@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from simulations.in_process import InProcessTransport, run_in_process
+from app.in_process import InProcessTransport, run_in_process
 from sltestbed import wire
 from sltestbed.base_model import build_model
 from sltestbed.experiment import ExperimentConfig
@@ -272,7 +272,7 @@ class LosesOneStep(InProcessTransport):
     def _deliver(self, messages, timeout):
         from flwr.app import Error, Message
 
-        from simulations import records
+        from app import flower_records as records
 
         def lost(m):
             if m.metadata.message_type != wire.STEP or self.partitions.get(m.metadata.dst_node_id) != 1:

@@ -12,7 +12,7 @@ import torch
 from sltestbed import wire
 from sltestbed.base_model import build_model
 from sltestbed.experiment import ExperimentConfig
-from sltestbed.fedavg import fedavg, model_weights
+from sltestbed.averaging import fedavg, model_weights
 from sltestbed.label_protocol import LABELS, label_protocol
 from sltestbed.model import ClientPart, ServerPart
 from sltestbed.roles import ClientRole, ServerRole

@@ -1,6 +1,7 @@
 """The house rules: one source of defaults, imports that run one way."""
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from sltestbed.base_model import BaseSpec
 from sltestbed.experiment import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("sltestbed", "strategies", "simulations", "analysis")
+PACKAGES = ("sltestbed", "strategies", "app", "harness", "analysis")
 
 
 def test_the_flower_run_config_is_the_experiment_configs_defaults():
@@ -90,10 +91,32 @@ def test_no_module_imports_one_that_imports_it_back():
 
 def test_the_library_is_flower_free_and_the_client_app_needs_no_strategy():
     for path in (ROOT / "sltestbed").rglob("*.py"):
-        assert not any(m == "flwr" or m.startswith("flwr.") for m in _imports(path)), path
-    client_side = _imports(ROOT / "simulations" / "client_app.py")
+        assert not any(m == "flwr" or m.startswith(("flwr.", "app", "harness", "strategies")) for m in _imports(path)), path
+    client_side = _imports(ROOT / "app" / "client_app.py")
     assert not any(m.startswith("strategies") for m in client_side)
     for path in (ROOT / "strategies").rglob("*.py"):  # strategies reach clients through a Transport
-        assert not any(m.startswith(("flwr", "simulations")) for m in _imports(path)), path
+        assert not any(m.startswith(("flwr", "app", "harness")) for m in _imports(path)), path
     for path in (ROOT / "analysis").rglob("*.py"):  # tables and figures without torch
         assert not any(m == "torch" or m.startswith("torch.") for m in _imports(path)), path
+
+
+def test_module_names_are_unique_and_library_modules_short():
+    modules = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    names = [p.name for p in modules]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "sltestbed").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def test_only_the_label_protocol_branches_on_the_labels_mode():
+    """Where the labels are is asked of `label_protocol`, never compared with a mode's name."""
+    name = r"""["'](?:u-shaped|client|server)["']"""
+    mode = re.compile(rf"""labels\s*(?:==|!=)\s*["']|{name}\s*(?:==|!=)|(?:==|!=)\s*{name}|"""
+                      rf"""labels\s+(?:not\s+)?in\s+[(\[{{]\s*{name}""")
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+                 if p.name != "label_protocol.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if mode.search(line.split("#")[0])]
+    assert offenders == []
+    assert mode.search('if cfg.labels == "client":') and mode.search('x = "u-shaped" != y')
+    assert mode.search('if labels in ("client", "u-shaped"):') and not mode.search("if self.labels != default.labels:")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from analysis.__main__ import main as analysis_main
-from simulations.sweep import expand, plan, run_sweep
+from harness.sweep import expand, plan, run_sweep
 
 pytestmark = pytest.mark.flower
 TINY = {"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.75, "public-fraction": 0.05, "step-timeout": 60.0}

@@ -21,7 +21,7 @@ from .hf_loader import load_hf_vqa
 from .partition import PARTITIONERS, load_partition, make_partitioner, partition, split_holdout, split_three
 from .records import COLUMNS, make_vqa_dataset
 from .shapes_vqa import generate_scenes, make_shapes_vqa, render_scene
-from .stats import answer_counts, majority_baseline
+from .answer_stats import answer_counts, majority_baseline
 from .tokenizer import build_tokenizer
 
 DATASETS = {

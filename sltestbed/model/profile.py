@@ -49,7 +49,7 @@ def cut_workload(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.
                  cut: str = "connector") -> Workload:
     """What this model and cut put on the link, for the communication model: the client
     part's state as the protocol moves it (`ClientPart.state_dict()`, quantizer encoders
-    included), the whole model's weights as FedAvg moves them (`sltestbed.fedavg.model_weights`:
+    included), the whole model's weights as FedAvg moves them (`sltestbed.averaging.model_weights`:
     all but the quantizers), and per modality the elements per sample at the cut for this
     batch (one label per sample)."""
     client = ClientPart(model, parse_cut(cut, model.num_lm_layers))

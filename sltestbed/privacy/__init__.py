@@ -12,7 +12,7 @@ its output at the answer position). What it may know besides:
         `scenario.build_scenario(aux_images=)`);
     (b) a base model for the client part, by level: "public-base", one trained on public
         data only; "private-base", the base model split fine-tuning starts from (in the
-        Flower runs trained on the clients' data: `runs.py` says which is which);
+        Flower runs trained on the clients' data: `after_training.py` says which is which);
     (c) white-box: the client part's current weights, where the protocol sends them through
         the server (sequential split learning and SplitFed do).
 Ground truth is used to score an attack, never by it. An attack's figure is a lower bound on
@@ -86,7 +86,7 @@ from .observation import (
 from .nearest import knn_mean_inversion, nearest_code_inversion
 from .optimisation import OptimisationBudget, rmle_inversion, unsplit_inversion
 from .public import PublicCodes, simulate_codes
-from .run import (
+from .suite import (
                           ATTACKS,
                           figure_reconstructions,
                           run_attacks,
@@ -94,7 +94,7 @@ from .run import (
                           train_classifier,
 )
 from .scenario import Scenario, build_scenario
-from .text import TextBudget, learned_tokens, nearest_tokens, positional_prior
+from .tokens import TextBudget, learned_tokens, nearest_tokens, positional_prior
 
 __all__ = [
     "ATTACKS", "AttackClassifier", "ClientTruth", "ConvDecoder", "DECODERS", "InferredLabels", "InferredTokens",

@@ -21,7 +21,7 @@ from ..base_model import build_model
 from ..experiment import ExperimentConfig
 from ..model import TinyLlava
 from ..splits import vocab_size
-from . import runs
+from . import after_training as runs
 
 
 def load_run(directory: str, **overrides):

@@ -18,7 +18,7 @@ from sltestbed import wire
 from sltestbed.client_node import ClientNode, kill_this_process
 from sltestbed.experiment import ExperimentConfig
 
-from . import records
+from . import flower_records
 
 app = ClientApp()
 _CACHE: dict = {}  # (run id, node id) -> (state version, ClientNode): a speed-up only
@@ -36,7 +36,7 @@ def handle(msg: Message, context: Context, wait=time.sleep, kill=kill_this_proce
     """Answer one message (`wait(seconds)`: how the `stall` fault waits; `kill()`: how the
     `kill` fault ends this worker process)."""
     spec = wire.message_type(msg.metadata.message_type)
-    request = records.read(msg.content, spec, "down")
+    request = flower_records.read(msg.content, spec, "down")
     key = (msg.metadata.run_id, msg.metadata.dst_node_id)
     version = int(context.state["sl"]["version"]) if "sl" in context.state else 0
     held, node = _CACHE.get(key) or (0, ClientNode(ExperimentConfig.from_run_config(dict(context.run_config)),
@@ -56,7 +56,7 @@ def handle(msg: Message, context: Context, wait=time.sleep, kill=kill_this_proce
         version += 1
         context.state["sl"] = ConfigRecord({"version": version, "role": node.state()})
         _CACHE[key] = (version, node)
-    return Message(records.write(reply, entropy=node.cfg.entropy_coding), reply_to=msg)
+    return Message(flower_records.write(reply, entropy=node.cfg.entropy_coding), reply_to=msg)
 
 
 for _type in wire.MESSAGE_TYPES:

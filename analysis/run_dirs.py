@@ -1,4 +1,4 @@
-"""Run directories as the simulations leave them, read back for analysis.
+"""Run directories as the Flower runs leave them, read back for analysis.
 
 A run directory holds `config.json`, `summary.json`, `ledger.csv` (one row per payload that
 crossed the link), `metrics.csv` (one row per round) and, for bits="auto", `calibration.json`.

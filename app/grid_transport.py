@@ -1,7 +1,7 @@
 """Transports over Flower messages: what both share (records, accounting, timeouts, replies
 that never came), and the one over Flower's Grid that the ServerApp uses.
 
-Every request becomes a Flower `Message` of `records.write(content)`; its protobuf size and
+Every request becomes a Flower `Message` of `flower_records.write(content)`; its protobuf size and
 its accountable parts go to the ledger before it leaves, a reply's when it arrives. A node's
 first message, or one of the set-up kinds, may take far longer than a step (it loads data and
 builds its model): it gets the set-up timeout. A node whose reply never came stays busy
@@ -21,7 +21,7 @@ from sltestbed.experiment import ExperimentConfig
 from sltestbed.ledger import ByteLedger
 from strategies.transport import Exchange, Transport
 
-from . import records
+from . import flower_records
 
 SETUP_TIMEOUT = 600.0  # seconds for a node's first messages (it loads data and builds its model)
 
@@ -62,7 +62,7 @@ class MessageTransport(Transport):
     def exchange(self, requests, round, step, account=True) -> Exchange:
         messages = []
         for node, (mtype, content) in requests.items():
-            msg = self._message(records.write(content, self.entropy), node, mtype)
+            msg = self._message(flower_records.write(content, self.entropy), node, mtype)
             if account:
                 self._account(msg, "down", round, step, node, mtype)
             messages.append(msg)
@@ -78,7 +78,7 @@ class MessageTransport(Transport):
                 out.failures[src] = error_reason(reply.error.reason)
                 continue
             try:
-                content = records.read(reply.content, wire.message_type(mtype), "up")
+                content = flower_records.read(reply.content, wire.message_type(mtype), "up")
             except ValueError as exc:  # accounted all the same: the bytes did cross
                 out.failures[src] = f"reply cannot be read: {exc}"
                 content = None
@@ -101,7 +101,7 @@ class MessageTransport(Transport):
         partition = self.partitions.get(node, -1)
         if partition < 0 and content is not None and isinstance(content.meta, wire.NodeInfo):
             partition = content.meta.partition  # a reply to discovery names its partition
-        for part in records.parts(message.content):
+        for part in flower_records.parts(message.content):
             self.ledger.record(round=round, step=step, client=partition, direction=direction, kind=part.kind,
                                elements=part.elements, bits=part.bits, serialized_bytes=part.serialized_bytes,
                                message_bytes=size, message_type=mtype, message=self.messages_sent)

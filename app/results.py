@@ -10,7 +10,7 @@ import platform
 from dataclasses import asdict
 from importlib.metadata import version
 
-from sltestbed.privacy import runs as privacy
+from sltestbed.privacy import after_training as privacy
 
 PACKAGES = ("flwr", "torch", "transformers", "numpy", "constriction", "sltestbed")
 
@@ -26,7 +26,7 @@ def package_versions() -> dict:
 
 
 def write_results(directory: str, report, seconds: float) -> dict:
-    """Write a `strategies.base.RunReport` into `directory`; returns the summary."""
+    """Write a `strategies.strategy.RunReport` into `directory`; returns the summary."""
     cfg = report.cfg
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:

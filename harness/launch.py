@@ -1,4 +1,4 @@
-"""``python -m simulations.launch [--supernodes N] [key=value ...]``: the experiment as a real
+"""``python -m harness.launch [--supernodes N] [key=value ...]``: the experiment as a real
 ``flwr run`` on a simulation SuperLink of its own, its progress streamed, then the results
 table; every process it started is stopped.
 
@@ -39,7 +39,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m simulations.launch [--supernodes N] [key=value ...]``: the experiment as a
+    """``python -m harness.launch [--supernodes N] [key=value ...]``: the experiment as a
     real ``flwr run`` on a simulation SuperLink of its own, then the results table."""
     import argparse
 

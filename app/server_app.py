@@ -18,7 +18,7 @@ from strategies import run_strategy
 
 from .actor_pool import replace_dead_actors
 from .results import summary_table, write_results
-from .transport import GridTransport
+from .grid_transport import GridTransport
 
 app = ServerApp()
 

@@ -37,7 +37,7 @@ from .nearest import K_CHOICES, nearest_code_inversion
 from .observation import ClientTruth, Knowledge, Observation, Reconstruction
 from .optimisation import OptimisationBudget, rmle_inversion, unsplit_inversion
 from .public import PublicCodes, codes_for
-from .text import TextBudget, learned_tokens, nearest_tokens, positional_prior
+from .tokens import TextBudget, learned_tokens, nearest_tokens, positional_prior
 
 LOOKUP_ATTACKS = ("nearest-code", "knn-mean")  # no training: the nearest simulated public codes
 DECODER_ATTACKS = tuple(DECODERS)  # learned-inversion, mlp-decoder, conv-decoder

@@ -1,6 +1,6 @@
 """Structure-aware fuzzing of the wire codec with hostile bytes.
 
-    python -m sltestbed.fuzz N [--seed S] [--batch B] [--max-numel K] [--memory-mb M]
+    python -m harness.fuzz N [--seed S] [--batch B] [--max-numel K] [--memory-mb M]
 
 Seeds are valid buffers of every scheme, bit width and entropy mode (plus constant and
 near-constant codes, whose entropy coding is nearly empty). Each case takes one seed and
@@ -56,8 +56,8 @@ def seed_corpus() -> list[bytes]:
     """Valid buffers of every scheme, bit width and entropy mode, deduplicated."""
     import torch
 
-    from . import codec
-    from .quantizers import SCHEMES, Field, Payload, build_quantizer, scheme_class
+    from sltestbed import codec
+    from sltestbed.quantizers import SCHEMES, Field, Payload, build_quantizer, scheme_class
 
     gen = torch.Generator().manual_seed(0)
 
@@ -178,7 +178,7 @@ def m_dim(buf, lay, rng, seeds):
 
 def m_shape_consistent(buf, lay, rng, seeds):
     """A new shape with every count (and, where small enough, every size) to match it."""
-    from .quantizers import SCHEMES, scheme_class
+    from sltestbed.quantizers import SCHEMES, scheme_class
 
     if not lay.ndim or buf[PREFIX_SIZE] >= len(SCHEMES):
         return buf
@@ -447,8 +447,8 @@ def check_case(case: Case, max_numel: int | None) -> tuple[str, str]:
     """(outcome, detail): outcome is 'rejected', 'decoded', 'canonical', 'silent' or 'other'."""
     import torch
 
-    from . import codec
-    from .quantizers import dequantize
+    from sltestbed import codec
+    from sltestbed.quantizers import dequantize
 
     try:
         codec.describe(case.data)
@@ -515,7 +515,7 @@ def run_cases(seeds: list[bytes], start: int, count: int, seed: int = 0, max_num
 
 def decoded_size(buf: bytes) -> int:
     """Bytes a receiver holds for a buffer: its decoded fields and float32 values."""
-    from . import codec
+    from sltestbed import codec
 
     payload = codec.decode(buf, max_numel=None)
     return sum(f.data.numel() * f.data.element_size() for f in payload.fields) + 4 * math.prod(payload.shape)
@@ -536,7 +536,7 @@ def _worker(conn, seeds, seed, max_numel, memory_mb, current, abort_at):
 
     import torch
 
-    from . import codec  # noqa: F401 - imported before the limit, like a receiver's
+    from sltestbed import codec  # noqa: F401 - imported before the limit, like a receiver's
 
     torch.set_num_threads(1)
     layouts = [Layout.parse(s) for s in seeds]
@@ -637,7 +637,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     seeds = seed_corpus()
     sizes = [decoded_size(s) for s in seeds]
-    from . import codec
+    from sltestbed import codec
 
     largest = max(range(len(seeds)), key=sizes.__getitem__)
     numels = [math.prod(codec.decode(s).shape) for s in seeds]

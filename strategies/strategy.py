@@ -17,7 +17,7 @@ import torch
 
 from sltestbed import wire
 from sltestbed.experiment import ExperimentConfig
-from sltestbed.fedavg import fedavg
+from sltestbed.averaging import fedavg
 from sltestbed.label_protocol import label_protocol
 from sltestbed.ledger import ByteLedger
 from sltestbed.model import ClientPart, TinyLlava
@@ -26,7 +26,7 @@ from sltestbed.trainer import OptimConfig
 from sltestbed.wire import Content, StepMeta
 
 from sltestbed.privacy import Observation
-from sltestbed.privacy.runs import attack_run
+from sltestbed.privacy.after_training import attack_run
 
 from .benchmark import roundtrip_benchmark
 from .observer import Observer
@@ -49,7 +49,7 @@ class RoundRecord:
 
 @dataclass
 class RunReport:
-    """What a run produced; `simulations/results.py` writes it."""
+    """What a run produced; `app/results.py` writes it."""
 
     cfg: ExperimentConfig
     base_dir: str | None

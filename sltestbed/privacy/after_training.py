@@ -47,7 +47,7 @@ from ..trainer import TensorData
 from .inversion import InversionBudget
 from .metrics import AttackClassifier
 from .observation import ClientTruth, Knowledge, Observation, to_unit
-from .run import ATTACKS, OPTIMISATION_ATTACKS, applicable, run_attacks
+from .suite import ATTACKS, OPTIMISATION_ATTACKS, applicable, run_attacks
 from .scenario import image_classes, select_images
 
 PRIVACY_FILE = "privacy.json"

@@ -1,8 +1,8 @@
 """Sweeps: a grid of Flower simulations (bits x quantizer x strategy x seed, or any run-config
 key), each a real `flwr run` of the same app as `flwr run .`, one run directory per point.
 
-    python -m simulations.sweep simulations/sweeps/readme.toml
-    python -m simulations.sweep --quantizer learned:1,2,4 fp32 --strategy parallel --seed 0 1 \\
+    python -m harness.sweep harness/sweeps/readme.toml
+    python -m harness.sweep --quantizer learned:1,2,4 fp32 --strategy parallel --seed 0 1 \\
         --out runs/mine num-rounds=3
 
 A sweep file (TOML):

@@ -27,7 +27,7 @@ from sltestbed.experiment import ExperimentConfig
 from strategies import run_strategy
 
 from . import client_app
-from .transport import MessageTransport
+from .grid_transport import MessageTransport
 
 class WorkerKilled(Exception):
     """The `kill` fault in this process: the worker "dies" by raising this."""

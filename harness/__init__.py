@@ -1,0 +1,1 @@
+"""The process harness around Flower: the launcher, sweeps, SuperLink and deployment processes, the codec fuzzer."""
