@@ -72,6 +72,12 @@ class ClientNode:
     def state(self) -> bytes:
         return self.role.state_bytes()
 
+    @property
+    def revision(self) -> int:
+        """Moves whenever the role changes (-1 before it exists): `state()` is worth saving
+        again only when this moved since the last save."""
+        return -1 if self.role is None else self.role.revision
+
     def restore(self, state: bytes) -> None:
         self.role.load_state_bytes(state)
 
@@ -80,8 +86,8 @@ class ClientNode:
         forward is dropped: the server left this client out of that step), then weights."""
         if request.grads is not None:
             self.role.backward(request.grads)
-        elif self.role.pending is not None:
-            self.role.pending = None
+        else:
+            self.role.drop_pending()
         if request.part is not None:
             self.role.load_part_state(request.part)
 

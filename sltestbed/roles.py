@@ -128,6 +128,8 @@ class ClientRole:
         self.distortion_weight = distortion_weight
         self.pending = None  # (batch rows, quantizer outputs) of the forward awaiting its gradient
         self.steps = 0
+        # bumped by every change to what `state_bytes` saves: a holder saves only when it moved
+        self.revision = 0
 
     # --- training -------------------------------------------------------------------------
     def forward(self) -> tuple[Activations, torch.Tensor]:
@@ -141,6 +143,7 @@ class ClientRole:
         self.part.train()
         outs = self.part(batch["pixel_values"], batch["input_ids"])
         self.pending = (idx, outs, batch)
+        self.revision += 1
         return Activations({m: o.payload for m, o in outs.items()}, batch["lengths"]), batch["labels"]
 
     def backward(self, gradients: dict[str, Payload]) -> None:
@@ -161,6 +164,13 @@ class ClientRole:
         self.updates.step()
         self.pending = None
         self.steps += 1
+        self.revision += 1
+
+    def drop_pending(self) -> None:
+        """Forget the forward awaiting a gradient (the server left this client out of that step)."""
+        if self.pending is not None:
+            self.pending = None
+            self.revision += 1
 
     def loss_and_grad(self, output: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Labels kept here: the loss of this client's batch and its gradient w.r.t. what the
@@ -179,6 +189,7 @@ class ClientRole:
         self.head_updates.zero_grad()
         loss.backward()
         self.head_updates.step()
+        self.revision += 1
         return float(loss.detach()), leaf.grad
 
     @torch.no_grad()
@@ -227,6 +238,7 @@ class ClientRole:
 
     def load_part_state(self, state: dict[str, torch.Tensor]) -> None:
         load_client_state(self.model, self.part, state)
+        self.revision += 1
 
 
 def load_client_state(model: TinyLlava, part: ClientPart, state: dict[str, torch.Tensor]) -> None:

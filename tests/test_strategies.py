@@ -123,6 +123,31 @@ def test_a_node_restored_from_its_saved_state_trains_the_same(runs):
     assert report.rounds[0].accuracy == reference.rounds[0].accuracy
 
 
+@pytest.mark.parametrize("labels", ["client", "u-shaped"])
+def test_the_role_is_saved_only_when_a_message_changed_it(labels):
+    """With the labels at the client the loss message computes a gradient and steps nothing: the
+    role is not saved again. U-shaped, the head steps there: saved. Each run trains exactly as
+    its twin whose role is rebuilt from the saved state before every message."""
+    from sltestbed import wire
+    from strategies import run_strategy
+
+    config = {**TINY, "labels": labels}
+    cached, transport = run_in_process(config, keep_messages=True)
+    for node, context in transport.contexts.items():
+        sent = [request.metadata.message_type for request, _ in transport.kept if request.metadata.dst_node_id == node]
+        saving = [t for t in sent if wire.message_type(t).saves_role]
+        unchanged = sent.count(wire.LOGITS) if labels == "client" else 0
+        assert sent.count(wire.LOGITS) > 0
+        assert int(context.state["sl"]["version"]) == len(saving) - unchanged
+    restored_transport = InProcessTransport(config, 2, restore_every=True)
+    try:
+        restored = run_strategy(ExperimentConfig.from_run_config(config), restored_transport, lambda m: None)
+    finally:
+        restored_transport.stop()
+    assert restored.rounds[0].loss == pytest.approx(cached.rounds[0].loss, abs=1e-6)
+    assert restored.rounds[0].accuracy == cached.rounds[0].accuracy
+
+
 def upward(transport):
     return [(request.metadata.message_type, reply.content) for request, reply in transport.kept]
 
