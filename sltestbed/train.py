@@ -59,6 +59,11 @@ def train_split(args, quantizer: str, bits: int | None, base_dir: str | None, tr
     return {"losses": losses, **evaluate(split, test_data)}
 
 
+# Epochs of the in-process split fine-tuning (--quantizer). This command's own: a Flower run
+# trains num-rounds x local-epochs passes over each client's partition instead.
+SPLIT_EPOCHS = 10
+
+
 def parse_args(argv=None):
     d = ExperimentConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -71,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--base-epochs", type=int, default=d.base_epochs,
                    help="epochs of the base model, i.e. of the centralized reference")
     p.add_argument("--base-lr", type=float, default=d.base_lr, help="learning rate of the base model")
-    p.add_argument("--epochs", type=int, default=10, help="split fine-tuning epochs (with --quantizer)")
+    p.add_argument("--epochs", type=int, default=SPLIT_EPOCHS, help="split fine-tuning epochs (with --quantizer)")
     p.add_argument("--lr", type=float, default=d.lr, help="split fine-tuning learning rate (stage 1; stage 2 a quarter)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="split fine-tuning batch size")
     p.add_argument("--seed", type=int, default=d.seed)
