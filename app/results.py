@@ -10,9 +10,53 @@ import platform
 from dataclasses import asdict
 from importlib.metadata import version
 
+from sltestbed.experiment import LOCATION_KEYS, ExperimentConfig
 from sltestbed.privacy import after_training as privacy
 
 PACKAGES = ("flwr", "torch", "transformers", "numpy", "constriction", "sltestbed")
+
+
+class RunDirectoryTaken(ValueError):
+    """A run directory holds the results of another config."""
+
+
+def stored_differences(directory, cfg: ExperimentConfig, supernodes: int | None = None) -> dict | None:
+    """None where `directory` holds no run's config.json; else what differs between the run
+    stored there and `cfg`, key -> (stored, requested) ({} when they agree). Where the files
+    go does not count; a key the stored run predates counts only when `cfg` sets it to other
+    than its default. `supernodes`: compared with the stored run's clients when given."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        stored = json.load(f)
+    old = {k: v for k, v in stored.get("config", {}).items() if k not in LOCATION_KEYS}
+    new, default = cfg.results_config(), ExperimentConfig().results_config()
+    diff = {}
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            if new[key] != default[key]:
+                diff[key] = ("(not recorded)", new[key])
+        elif old[key] != new.get(key, "(unknown key)"):
+            diff[key] = (old[key], new.get(key, "(unknown key)"))
+    if supernodes is not None and len(stored.get("clients", [])) != supernodes:
+        diff["supernodes"] = (len(stored.get("clients", [])), supernodes)
+    return diff
+
+
+def describe(diff: dict) -> str:
+    return ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
+
+
+def check_run_directory(directory, cfg: ExperimentConfig, supernodes: int | None = None) -> bool:
+    """Before a run starts: True where `directory` holds a run of this same config (its results
+    will be replaced by equal ones), False where it holds none; raises `RunDirectoryTaken`,
+    naming the keys that differ, where it holds another config's run."""
+    diff = stored_differences(directory, cfg, supernodes)
+    if diff:
+        raise RunDirectoryTaken(f"{directory} holds a run of another config ({describe(diff)}): "
+                                "choose another output-dir or run-name, or move that run away")
+    return diff is not None
 
 
 def package_versions() -> dict:

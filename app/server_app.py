@@ -17,7 +17,7 @@ from sltestbed.experiment import ExperimentConfig
 from strategies import run_strategy
 
 from .actor_pool import replace_dead_actors
-from .results import summary_table, write_results
+from .results import check_run_directory, summary_table, write_results
 from .grid_transport import GridTransport
 
 app = ServerApp()
@@ -41,9 +41,11 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = ExperimentConfig.from_run_config(dict(context.run_config))  # a bad value stops the run here
     log(f"run {cfg.name}: {cfg.strategy}, {cfg.quantizer} {cfg.bits_label} bits, {cfg.num_rounds} rounds")
+    directory = output_directory(cfg)
+    if check_run_directory(directory, cfg):  # another config's run there stops this one here
+        log(f"{directory} holds a run of this same config: its results will be replaced")
     if type(grid).__name__ == "InMemoryGrid":  # a simulation: this process runs the ClientApps' actor pool
         replace_dead_actors(log)
     report = run_strategy(cfg, GridTransport(grid, cfg), log)
-    directory = output_directory(cfg)
     summary = write_results(directory, report, time.perf_counter() - started)
     print(summary_table(summary, directory), flush=True)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.results import check_run_directory
 from sltestbed.experiment import ExperimentConfig
 
 from .superlink import RunResult, simulation_superlink
@@ -43,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     real ``flwr run`` on a simulation SuperLink of its own, then the results table."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    defaults = ExperimentConfig().to_dict()
+    parser = argparse.ArgumentParser(
+        description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run-config keys (key=value), with their defaults:\n" + "\n".join(
+            f"  {key:22} {value!r}" for key, value in defaults.items()))
     parser.add_argument("--supernodes", type=int, default=2)
     parser.add_argument("--cpus-per-client", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=3600)
@@ -54,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     here = Path.cwd()
     for key, default in (("output-dir", ExperimentConfig.output_dir), ("cache-dir", ExperimentConfig.cache_dir)):
         cfg[key] = str((here / str(cfg.get(key, default))).resolve())  # relative to where this was typed
+    try:  # every key and value, and the run directory, before a SuperLink or Ray starts
+        exp = ExperimentConfig.from_run_config(cfg)
+        directory = Path(exp.output_dir) / exp.name
+        if check_run_directory(directory, exp, args.supernodes):
+            print(f"{directory} holds a run of this same config: its results will be replaced", flush=True)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     work = here / ".flwr_runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"flwr run {app_dir} with {args.supernodes} SuperNodes; overrides {cfg}", flush=True)
     cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client

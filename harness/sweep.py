@@ -22,8 +22,12 @@ A sweep file (TOML):
 
 Every point is validated before the first run starts. `--jobs K` runs K points at a time, each
 worker on a simulation SuperLink of its own (the points are independent seeded runs: their
-numbers are the serial ones). A point whose `<out>/<name>/summary.json` exists is skipped, so a sweep that was interrupted finishes only the missing points when run
-again. `<out>/sweep.json` lists the points and how each went.
+numbers are the serial ones). A point whose `<out>/<name>/` holds a finished run of the same
+config (`config.json` compared key by key, where files go aside) is skipped, so a sweep that was
+interrupted finishes only the missing points when run again. A point whose directory holds a
+run of another config is never counted as done: the sweep refuses, naming the keys that
+differ, or with `--replace-changed` moves that run aside (`<name>.replaced-<time>`) and runs the
+point again. `<out>/sweep.json` lists the points and how each went.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from sltestbed.experiment import ExperimentConfig
+
+from app.results import describe, stored_differences
 
 from .launch import parse_overrides
 from .superlink import simulation_superlink
@@ -77,8 +83,22 @@ def plan(configs: list[dict], out: Path) -> list[tuple[str, dict]]:
     return named
 
 
-def done(out: Path, name: str) -> bool:
-    return (out / name / "summary.json").is_file()
+def point_state(out: Path, name: str, cfg: dict, supernodes: int | None = None) -> str:
+    """"done" (a finished run of this very config is there), "to run", or "differs: <keys>"
+    (a finished run of another config is there: never counted as done)."""
+    if not (out / name / "summary.json").is_file():
+        return "to run"
+    diff = stored_differences(out / name, ExperimentConfig.from_run_config(cfg), supernodes)
+    if diff is None:
+        return "to run"
+    return "done" if not diff else f"differs: {describe(diff)}"
+
+
+def move_aside(directory: Path) -> Path:
+    """Keep a run that is to be replaced, as <name>.replaced-<time>."""
+    target = directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    directory.rename(target)
+    return target
 
 
 def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpus_per_client: float = 1,
@@ -89,8 +109,13 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out.mkdir(parents=True, exist_ok=True)
-    todo = [(n, c) for n, c in named if not done(out, n)]
-    status = {n: "done before" for n, _ in named if done(out, n)}
+    states = {n: point_state(out, n, c, supernodes) for n, c in named}
+    changed = [n for n, state in states.items() if state.startswith("differs")]
+    if changed:
+        raise ValueError(f"{len(changed)} point(s) in {out} hold runs of another config: "
+                         + "; ".join(f"{n} ({states[n][len('differs: '):]})" for n in changed))
+    todo = [(n, c) for n, c in named if states[n] == "to run"]
+    status = {n: "done before" for n, _ in named if states[n] == "done"}
     log(f"sweep: {len(named)} points, {len(status)} already done, {len(todo)} to run"
         f"{f', {jobs} at a time' if jobs > 1 else ''}; results in {out}")
     _write_index(out, named, status)
@@ -116,7 +141,7 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
                 seconds = time.perf_counter() - t0
                 with lock:
                     finished.append(name)
-                    if result.ok and done(out, name):
+                    if result.ok and (out / name / "summary.json").is_file():
                         summary = json.loads((out / name / "summary.json").read_text())
                         status[name] = "ok"
                         left = (time.perf_counter() - started) / len(finished) * (len(todo) - len(finished))
@@ -196,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--jobs", type=int, default=1, help="points run at once, each on a SuperLink of its own")
     parser.add_argument("--dry-run", action="store_true", help="list the points and whether each is done")
+    parser.add_argument("--replace-changed", action="store_true",
+                        help="points whose directory holds a run of another config: move it aside and run again "
+                             "(without this flag the sweep refuses)")
     parser.add_argument("overrides", nargs="*", help="run-config key=value pairs for every point")
     args = parser.parse_args(argv)
     if args.file and "=" in args.file and not os.path.exists(args.file):  # no file: the first override
@@ -214,11 +242,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    supernodes = args.supernodes or spec.get("supernodes", 2)
+    states = {name: point_state(out, name, cfg, supernodes) for name, cfg in named}
     if args.dry_run:
         for name, _ in named:
-            print(f"{'done' if done(out, name) else 'to run':7s} {name}")
+            print(f"{states[name]:7s} {name}")
         return 0
-    supernodes = args.supernodes or spec.get("supernodes", 2)
+    changed = [name for name, state in states.items() if state.startswith("differs")]
+    if changed and not args.replace_changed:
+        for name in changed:
+            print(f"error: {out / name} holds a run of another config ({states[name][len('differs: '):]})",
+                  file=sys.stderr)
+        print(f"error: {len(changed)} point(s) would replace other configs' runs: use another --out, or "
+              "--replace-changed to move those runs aside (as <name>.replaced-<time>) and run the points again",
+              file=sys.stderr)
+        return 2
+    for name in changed:
+        print(f"{name}: its run of another config moved to {move_aside(out / name)}", flush=True)
     cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
     if args.jobs < 1:
         print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)

@@ -18,6 +18,9 @@ from .model import MODALITIES, PRESETS, parse_cut
 from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES, implied_bits, scheme_class
 from .trainer import MODULE_GROUPS
 
+# Run-config keys that say where a run's files go, not what it computes
+LOCATION_KEYS = ("output-dir", "run-name", "cache-dir")
+
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
 ATTACKS = ("none", "inversion", "all")  # after training: none; lookups, code classifier, decoders, tokens, labels; and optimisation
 FAULTS = ("raise", "stall", "kill")  # the testing hook: the ClientApp raises, answers too late, or its process dies
@@ -160,6 +163,7 @@ class ExperimentConfig:
             raise ValueError("run config 'attack' attacks what crosses the cut; strategy 'fedavg' has no cut")
         if self.fault:
             self.fault_spec  # parses, or raises naming the key
+        check_dataset(self.dataset)
         if self.base not in ("auto", "none") and not os.path.isdir(self.base):
             raise ValueError(f"run config 'base' = {self.base!r}: no such model directory (or use 'auto' / 'none')")
 
@@ -239,6 +243,10 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
+    def results_config(self) -> dict:
+        """The run-config keys that decide a run's numbers: all but where its files go."""
+        return {k: v for k, v in self.to_dict().items() if k not in LOCATION_KEYS}
+
     @property
     def image_size(self) -> int:
         return PRESETS[self.preset]["image_size"]
@@ -246,6 +254,24 @@ class ExperimentConfig:
     def quantizer_overrides(self) -> dict:
         """The model-config keys of the run's quantizers at the cut."""
         return {"quantizer": self.quantizer, "bits": self.act_bits, "modality_bits": self.widths}
+
+
+def check_dataset(name: str) -> None:
+    """A registered data set, or hf:<path or hub name> (a path must exist: nothing is
+    downloaded at run time here, and a missing directory is named before any work starts)."""
+    from .data import DATASETS
+
+    key = str(name).strip().lower().replace("_", "-")
+    if key.startswith("hf:"):
+        target = str(name).strip()[3:]
+        if not target:
+            raise ValueError("run config 'dataset' = 'hf:' needs a path or hub name after the colon")
+        if target.startswith(("/", ".", "~")) and not os.path.exists(os.path.expanduser(target)):
+            raise ValueError(f"run config 'dataset' = {name!r}: no such path {target!r}")
+        return
+    if key not in DATASETS or key == "hf":
+        known = ", ".join(d for d in DATASETS if d != "hf")
+        raise ValueError(f"run config 'dataset' = {name!r} is not a data set; known: {known}, or 'hf:<path or hub name>'")
 
 
 def _width(scheme: str, bits: int) -> int:
