@@ -69,12 +69,28 @@ def package_versions() -> dict:
     return out
 
 
+def machine() -> dict:
+    """What the README says changes floating-point results: the CPU model, the cores, torch's
+    threads in this process; and the code: the git commit the harness ran (SLTESTBED_GIT_COMMIT,
+    "-dirty" with uncommitted changes; None where the run was started otherwise)."""
+    import torch
+
+    cpu = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "git_commit": os.environ.get("SLTESTBED_GIT_COMMIT") or None}
+
+
 def write_results(directory: str, report, seconds: float) -> dict:
     """Write a `strategies.strategy.RunReport` into `directory`; returns the summary."""
     cfg = report.cfg
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump({"config": cfg.to_dict(), "seed": cfg.seed, "versions": package_versions(),
+        json.dump({"config": cfg.to_dict(), "seed": cfg.seed, "versions": package_versions(), "machine": machine(),
                    "base_model": report.base_dir, "clients": [asdict(c) for c in report.clients]}, f, indent=2)
     report.ledger.write_csv(os.path.join(directory, "ledger.csv"))
     if report.calibration:

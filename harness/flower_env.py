@@ -66,6 +66,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def git_commit(directory: str | os.PathLike[str] | None = None) -> str:
+    """The commit of the checkout holding this harness ("-dirty" with uncommitted changes to
+    tracked files), or "" outside a git checkout: runs record it in config.json."""
+    where = str(directory or Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def flower_env(tmp_dir: str | os.PathLike[str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return an environment (copy of ``os.environ``) for isolated Flower processes.
 
@@ -97,6 +112,7 @@ def flower_env(tmp_dir: str | os.PathLike[str], extra: Mapping[str, str] | None 
             "VIRTUAL_ENV": str(venv_bin.parent),
             "PATH": str(venv_bin) + os.pathsep + env.get("PATH", ""),
             "PYTHONUNBUFFERED": "1",
+            "SLTESTBED_GIT_COMMIT": git_commit(),
             HARNESS_TAG_VAR: uuid.uuid4().hex,
         }
     )

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from harness.deployment import deployment
+from harness.flower_env import git_commit
 from app.in_process import run_in_process
 from harness.processes import pid_alive
 from harness.superlink import simulation_superlink
@@ -59,6 +60,7 @@ def test_parallel_run_writes_results_and_counts_every_byte(link, tmp_path):
     assert [int(m["round"]) for m in metrics] == [1, 2]
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["seed"] == 0 and config["versions"]["flwr"] == "1.41.0"
+    assert config["machine"]["git_commit"] == (git_commit() or None)  # the checkout the harness ran
     acts = [r for r in ledger if r["kind"] == "activations"]
     assert acts and all(r["direction"] == "up" for r in acts)
     for r in acts:

@@ -54,6 +54,8 @@ def test_the_run_writes_its_attacks(attacked):
         assert level["attacks"]["labels"]["accuracy"] == 1.0  # d loss / d logits give every label away
         assert level["attacks"]["learned-inversion"]["samples"] == len(report.observation)
     assert summary["privacy"]["public-base"]["labels"] == {"accuracy": 1.0}
+    machine = json.loads((directory / "config.json").read_text())["machine"]
+    assert machine["logical_cpus"] >= 1 and machine["torch_threads"] >= 1 and machine["cpu"]
     assert summary["privacy"]["public-base"]["best"] == privacy["levels"]["public-base"]["best"]
     images = np.load(directory / after_training.RECONSTRUCTIONS_FILE)
     assert images["public-base/truth"].shape == images["public-base/learned-inversion"].shape == (8, 3, 8, 8)
