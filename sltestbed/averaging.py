@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .model import TinyLlava
-
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """Weighted average of state dicts (weights: e.g. each client's number of samples)."""
@@ -16,6 +14,6 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[
             for k in states[0]}
 
 
-def model_weights(model: TinyLlava) -> dict[str, torch.Tensor]:
+def model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights FedAvg moves: the whole model but the (unused) cut quantizers."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("quant_")}

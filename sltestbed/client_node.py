@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -32,6 +33,13 @@ def kill_this_process() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class FaultHooks(NamedTuple):
+    """How the injected faults act, per message: `wait(seconds)` for `stall`, `kill()` for `kill`."""
+
+    wait: Callable[[float], None]
+    kill: Callable[[], None]
+
+
 class ClientNode:
     def __init__(self, cfg: ExperimentConfig, partition: int, num_partitions: int):
         if not 0 <= partition < num_partitions:
@@ -39,7 +47,6 @@ class ClientNode:
         self.cfg, self.partition, self.num_partitions = cfg, partition, num_partitions
         self.labels = label_protocol(cfg.labels)
         self.role: ClientRole | None = None
-        self._kill = kill_this_process  # how the `kill` fault dies (`handle` sets it per message)
 
     # --- data and role ------------------------------------------------------------------------
     @property
@@ -98,13 +105,12 @@ class ClientNode:
         spec = wire.message_type(mtype)
         if spec.role:
             self.start(request.meta)
-        self._kill = kill
-        return getattr(self, spec.handler)(request, wait)
+        return getattr(self, spec.handler)(request, FaultHooks(wait, kill))
 
-    def _info(self, request: Content, wait) -> Content:
+    def _info(self, request: Content, hooks: FaultHooks) -> Content:
         return Content(meta=NodeInfo(self.partition, self.num_partitions, len(self.train), len(self.test)))
 
-    def _calibrate(self, request: Content, wait) -> Content:
+    def _calibrate(self, request: Content, hooks: FaultHooks) -> Content:
         """bits="auto": the entropy report of this node's first training batches (summaries only)."""
         meta = request.meta
         probe = self.cfg.resolved({m: 8 for m in MODALITIES})  # the normalisation does not depend on the width
@@ -113,39 +119,39 @@ class ClientNode:
                                        meta.max_rel_mse)
         return Content(calibration=calibration.to_dict(report))
 
-    def _echo(self, request: Content, wait) -> Content:
+    def _echo(self, request: Content, hooks: FaultHooks) -> Content:
         """A bare round trip: no model, a reply of the requested size (the benchmark's reference)."""
         return Content(echo=bytes(request.meta.reply_bytes))
 
-    def _step(self, request: Content, wait) -> Content:
+    def _step(self, request: Content, hooks: FaultHooks) -> Content:
         self.receive(request)
-        self._fault(request.meta, wait)
+        self._fault(request.meta, hooks)
         acts, labels = self.role.forward()
         return Content(acts=acts.payloads, batch=self.labels.batch_up(acts.lengths, labels))
 
-    def _logits(self, request: Content, wait) -> Content:
+    def _logits(self, request: Content, hooks: FaultHooks) -> Content:
         """Labels here: the loss of the last batch and its gradient w.r.t. the server's output."""
         wrt = "logits" if request.logits is not None else "hidden"
         loss, grad = self.role.loss_and_grad(request.logits if wrt == "logits" else request.hidden)
         return Content(loss=LossReply(loss, grad, wrt))
 
-    def _part(self, request: Content, wait) -> Content:
+    def _part(self, request: Content, hooks: FaultHooks) -> Content:
         self.receive(request)
         return Content(part=self.role.part_state())
 
-    def _evaluate(self, request: Content, wait) -> Content:
+    def _evaluate(self, request: Content, hooks: FaultHooks) -> Content:
         self.receive(request)
         acts, batch = self.role.evaluate_forward(self.test)
         return Content(acts=acts.payloads, batch=self.labels.batch_up(acts.lengths, batch["labels"], batch["qtype_index"]))
 
-    def _score(self, request: Content, wait) -> Content:
+    def _score(self, request: Content, hooks: FaultHooks) -> Content:
         """Labels here: the server's output (logits, or U-shaped the hidden state, through the
         head here) scored against this shard's labels."""
         test = self.test
         logits = request.logits if request.logits is not None else self.role.logits(request.hidden)
         return Content(score=Scores.of(logits.argmax(-1), test.labels, test.qtype_index, test.qtypes))
 
-    def _local(self, request: Content, wait) -> Content:
+    def _local(self, request: Content, hooks: FaultHooks) -> Content:
         """FedAvg baseline: the whole model, trained here on the local partition."""
         cfg, meta = self.cfg, request.meta
         model = self.model(cfg, meta.base)
@@ -154,7 +160,7 @@ class ClientNode:
         losses = train_stage(model, model, self.train, stage, meta.batch_size, cfg.seed + meta.round, progress=False)
         return Content(part=model_weights(model), meta=LocalResult(len(self.train), float(losses[-1])))
 
-    def _evaluate_local(self, request: Content, wait) -> Content:
+    def _evaluate_local(self, request: Content, hooks: FaultHooks) -> Content:
         """FedAvg baseline: the global model on this node's test shard."""
         model = self.model(self.cfg, request.meta.base)
         model.load_weights(request.part)
@@ -165,13 +171,13 @@ class ClientNode:
             predicted = model(batch["pixel_values"], batch["input_ids"], batch["lengths"]).argmax(-1)
         return Content(score=Scores.of(predicted, batch["labels"], batch["qtype_index"], test.qtypes))
 
-    def _fault(self, meta: StepMeta, wait) -> None:
+    def _fault(self, meta: StepMeta, hooks: FaultHooks) -> None:
         """The `fault` run-config hook: fail, stall or die at one step, to test the server's handling."""
         spec = self.cfg.fault_spec
         if spec and (spec[1], spec[2], spec[3]) == (self.partition, meta.round, meta.step):
             if spec[0] == "raise":
                 raise RuntimeError(f"injected fault at partition {spec[1]}, round {spec[2]}, step {spec[3]}")
             if spec[0] == "kill":
-                self._kill()
+                hooks.kill()
                 raise RuntimeError("the kill fault's kill() returned")  # a kill() must not return
-            wait(self.cfg.step_timeout + 2)
+            hooks.wait(self.cfg.step_timeout + 2)

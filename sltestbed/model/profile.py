@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..comm_model import Workload
+from ..averaging import model_weights
 from ..label_protocol import LABELS, label_protocol
 from .split import ClientPart, parse_cut
 from .tinyllava import TinyLlava
@@ -55,7 +56,7 @@ def cut_workload(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.
     client = ClientPart(model, parse_cut(cut, model.num_lm_layers))
     feats = client.features(pixel_values[:1], input_ids[:1])
     client_state = sum(v.numel() for v in client.state_dict().values())
-    whole = sum(v.numel() for k, v in model.state_dict().items() if not k.startswith("quant_"))
+    whole = sum(v.numel() for v in model_weights(model).values())
     return Workload(client_state, whole, {m: x[0].numel() for m, x in feats.items()}, label_elements=1)
 
 
