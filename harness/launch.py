@@ -18,6 +18,7 @@ from typing import Any
 from app.results import check_run_directory
 from sltestbed.experiment import ExperimentConfig
 
+from .processes import Interrupted, interrupts_raise
 from .superlink import RunResult, simulation_superlink
 
 # pytest: never collect anything from this module
@@ -70,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     work = here / ".flwr_runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"flwr run {app_dir} with {args.supernodes} SuperNodes; overrides {cfg}", flush=True)
     cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
-    result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes, {"client-resources-num-cpus": cpus},
-                                      args.timeout)
+    try:
+        with interrupts_raise():  # leaving the SuperLink's context stops everything it started, by pid
+            result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes, {"client-resources-num-cpus": cpus},
+                                              args.timeout)
+    except Interrupted as stop:
+        print(f"launch: stopped by {stop}; every process it started is stopped", file=sys.stderr, flush=True)
+        return stop.exit_code
     print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s", flush=True)
     if not result.ok:
         print(result.status_details or result.stderr[-3000:], file=sys.stderr)

@@ -211,3 +211,30 @@ class ProcessReaper:
                 fh.close()
         self._logs.clear()
         return self.alive()
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached a harness command (`interrupts_raise`); `exit_code` is
+    128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def interrupts_raise():
+    """Within: SIGINT and SIGTERM raise `Interrupted` in the main thread, so that the
+    context managers that started processes stop them by pid on the way out (SIGTERM would
+    otherwise end this process at once and orphan them)."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -54,7 +54,7 @@ class RunResult:
         The run id the SuperLink assigned (None when submission failed).
     status : str
         Final status: ``"finished:completed"``, ``"finished:failed"``,
-        ``"finished:stopped"``, or harness-made ``"submit-failed"`` / ``"timeout"``.
+        ``"finished:stopped"``, or harness-made ``"submit-failed"`` / ``"timeout"`` / ``"interrupted"``.
     ok : bool
         True only for ``"finished:completed"``.
     status_details : str
@@ -170,8 +170,10 @@ def _echo_new(path: Path, offset: int, echo) -> int:
 
 def _submit(env: Mapping[str, str], reaper: ProcessReaper, app_dir: str | os.PathLike[str],
             run_dir: Path, run_config: Mapping[str, Any] | None,
-            federation_config: Mapping[str, Any] | None, timeout: float, echo=None) -> RunResult:
-    """``flwr run --stream`` the app against the config.toml default; wait for the end."""
+            federation_config: Mapping[str, Any] | None, timeout: float, echo=None,
+            should_stop=None) -> RunResult:
+    """``flwr run --stream`` the app against the config.toml default; wait for the end, or
+    until ``should_stop()`` says so (status "interrupted")."""
     run_dir.mkdir(parents=True, exist_ok=True)
     flwr = str(Path(env["PATH"].split(os.pathsep)[0]) / "flwr")
     cmd = [flwr, "run", str(Path(app_dir).resolve()), CONNECTION_NAME]
@@ -189,7 +191,11 @@ def _submit(env: Mapping[str, str], reaper: ProcessReaper, app_dir: str | os.Pat
     seen_pids: set[int] = set()
     last_scan = 0.0
     echoed = 0
+    stopped = False
     while proc.poll() is None and time.monotonic() < deadline:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         if time.monotonic() - last_scan > 1.0:
             seen_pids |= reaper.snapshot(scan_env=False)
             last_scan = time.monotonic()
@@ -198,8 +204,16 @@ def _submit(env: Mapping[str, str], reaper: ProcessReaper, app_dir: str | os.Pat
         time.sleep(0.1)
     if echo is not None:
         _echo_new(out_path, echoed, echo)
-    timed_out = proc.poll() is None
+    timed_out = proc.poll() is None and not stopped
     stream_seconds = time.monotonic() - t0
+    if stopped:  # the caller stops the SuperLink and all it started; leave nothing to wait for
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return RunResult(run_id=None, status="interrupted", ok=False, returncode=proc.returncode,
+                         stdout=_read(out_path), stderr=_read(err_path), logs="", command=cmd,
+                         stream_seconds=stream_seconds, seconds=time.monotonic() - t0,
+                         pids=sorted(seen_pids))
     if timed_out:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -278,18 +292,20 @@ class SimulationSuperLink:
 
     def submit(self, app_dir: str | os.PathLike[str], run_config: Mapping[str, Any] | None = None,
                num_supernodes: int = 2, federation_config: Mapping[str, Any] | None = None,
-               timeout: float = 600, echo=None) -> RunResult:
+               timeout: float = 600, echo=None, should_stop=None) -> RunResult:
         """Run ``app_dir`` with ``num_supernodes`` simulated nodes; wait for the end
         (``echo``: a function that gets the run's output lines as they come).
 
         ``run_config`` keys must exist in the app's ``[tool.flwr.app.config]``; values keep
         their types (they travel as a TOML file). ``federation_config`` adds
         ``--federation-config`` keys, e.g. ``{"client-resources-num-cpus": 1}``.
+        ``should_stop()``: asked every 0.1 s; True ends the run's `flwr run` at once (status
+        "interrupted"; leaving the context manager stops the rest).
         """
         fed = {"num-supernodes": int(num_supernodes), **dict(federation_config or {})}
         self._runs += 1
         return _submit(self.env, self.reaper, app_dir, self.tmp_dir / "runs" / f"run-{self._runs}",
-                       run_config, fed, timeout, echo)
+                       run_config, fed, timeout, echo, should_stop)
 
     def log(self) -> str:
         """Return the SuperLink's output so far."""

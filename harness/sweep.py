@@ -47,6 +47,7 @@ from sltestbed.experiment import ExperimentConfig
 from app.results import describe, stored_differences
 
 from .launch import parse_overrides
+from .processes import Interrupted, interrupts_raise
 from .superlink import simulation_superlink
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -126,20 +127,34 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
     queue = list(enumerate(todo, 1))
     lock = threading.Lock()
     finished = []
+    stopping = threading.Event()  # set on SIGINT / SIGTERM: each worker ends its run and its SuperLink
+
+    ended = [threading.Event() for _ in range(min(jobs, len(todo)))]
 
     def worker(w: int) -> None:
+        try:
+            run_points(w)
+        finally:
+            ended[w].set()
+
+    def run_points(w: int) -> None:
         with simulation_superlink(work / f"worker-{w}" if jobs > 1 else work) as link:
-            while True:
+            while not stopping.is_set():
                 with lock:
                     if not queue:
                         return
                     k, (name, cfg) = queue.pop(0)
+                    status[name] = "running"
                 t0 = time.perf_counter()
                 log(f"[{k}/{len(todo)}] {name}")
                 result = link.submit(APP_DIR, cfg, supernodes, {"client-resources-num-cpus": cpus_per_client}, timeout,
-                                     echo=_echo(k, len(todo), log))
+                                     echo=_echo(k, len(todo), log), should_stop=stopping.is_set)
                 seconds = time.perf_counter() - t0
                 with lock:
+                    if result.status == "interrupted":
+                        status[name] = "interrupted"
+                        _write_index(out, named, status)
+                        return
                     finished.append(name)
                     if result.ok and (out / name / "summary.json").is_file():
                         summary = json.loads((out / name / "summary.json").read_text())
@@ -152,11 +167,26 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
                         log(f"[{k}/{len(todo)}] {name}: {status[name]}\n{result.stderr[-2000:]}")
                     _write_index(out, named, status)
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(min(jobs, len(todo)))]
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(len(ended))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    # Waits by sleeping, never in Thread.join: a signal handler that raises inside join() can
+    # mark a running thread as stopped (CPython 3.11), and the process would then exit under
+    # it without its SuperLink being stopped.
+    try:
+        while not all(e.is_set() for e in ended):
+            time.sleep(0.2)
+    except BaseException:  # Interrupted (SIGINT / SIGTERM), KeyboardInterrupt: stop every worker's run first
+        stopping.set()
+        deadline = time.monotonic() + 120
+        while not all(e.is_set() for e in ended) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with lock:
+            for name, state in status.items():
+                if state == "running":
+                    status[name] = "interrupted"
+            _write_index(out, named, status)
+        raise
     return status
 
 
@@ -263,7 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
-    status = run_sweep(named, out, supernodes, cpus, args.timeout, log=lambda m: print(m, flush=True), jobs=args.jobs)
+    try:
+        with interrupts_raise():
+            status = run_sweep(named, out, supernodes, cpus, args.timeout, log=lambda m: print(m, flush=True),
+                               jobs=args.jobs)
+    except Interrupted as stop:
+        print(f"sweep: stopped by {stop}; every process it started is stopped; the interrupted point is marked "
+              f"so in {out / 'sweep.json'} and runs again next time", file=sys.stderr, flush=True)
+        return stop.exit_code
     failed = {n: s for n, s in status.items() if s.startswith("failed")}
     print(f"sweep: {len(status) - len(failed)} of {len(named)} points done; results in {out}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)

@@ -5,6 +5,11 @@ import csv
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -169,3 +174,54 @@ def test_analysis_of_a_missing_directory_names_it(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
     assert analysis_main([str(tmp_path), "--out", str(tmp_path / "o"), "--network", "dialup=1,2"]) == 2
     assert "NAME=UP,DOWN,RTT" in capsys.readouterr().err
+
+
+def _marked(mark: bytes) -> list[int]:
+    """Live processes whose environment carries `mark` (what a command started inherits it)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if mark in f.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.parametrize("command, sig", [("sweep", signal.SIGINT), ("launch", signal.SIGTERM)])
+def test_an_interrupt_mid_run_stops_every_process_the_command_started(command, sig, tmp_path):
+    """SIGINT / SIGTERM during a run's first rounds: the command exits 128 + the signal within
+    seconds, no process it started (SuperLink, SuperExec, `flwr run`, simulation, Ray) is left,
+    no summary is written; the sweep marks its point interrupted."""
+    mark = f"SLTESTBED_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}
+    keys = [f"{k}={v}" for k, v in {**TINY, "num-rounds": 50, "cache-dir": str(tmp_path / "cache")}.items()]
+    if command == "sweep":
+        argv = ["-m", "harness.sweep", *keys, "--out", "runs", "--quantizer", "fp32"]
+    else:
+        argv = ["-m", "harness.launch", *keys, "output-dir=runs", "quantizer=fp32"]
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while "round 1/50" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "round 1/50" in log.read_text(), log.read_text()[-3000:]
+        assert len(_marked(mark.encode())) > 3  # the SuperLink, its runs and Ray are up
+        proc.send_signal(sig)
+        assert proc.wait(timeout=90) == 128 + sig, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 20
+    while _marked(mark.encode()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _marked(mark.encode()) == []
+    assert f"stopped by {signal.Signals(sig).name}" in log.read_text()
+    run_dir = tmp_path / "runs" / "parallel-fp32-32b-seed0"
+    assert not (run_dir / "summary.json").exists()
+    if command == "sweep":
+        assert [p["status"] for p in json.loads((tmp_path / "runs" / "sweep.json").read_text())] == ["interrupted"]
