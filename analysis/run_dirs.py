@@ -1,7 +1,8 @@
 """Run directories as the Flower runs leave them, read back for analysis.
 
 A run directory holds `config.json`, `summary.json`, `ledger.csv` (one row per payload that
-crossed the link), `metrics.csv` (one row per round) and, for bits="auto", `calibration.json`.
+crossed the link; or `ledger.csv.gz`, as `analysis.archive` keeps it), `metrics.csv` (one row
+per round) and, for bits="auto", `calibration.json`.
 A run writes `summary.json` last: a directory without it is an unfinished run and is passed
 over; one with it but without another of the files, or with a file that lacks what the
 analysis reads, is an error naming the directory and the file.
@@ -134,8 +135,15 @@ def is_run(directory: Path) -> bool:
     return all((directory / name).is_file() for name in REQUIRED)
 
 
+def ledger_path(directory: Path) -> Path:
+    """ledger.csv, or where only that is kept, ledger.csv.gz."""
+    plain = directory / "ledger.csv"
+    packed = directory / "ledger.csv.gz"
+    return packed if packed.is_file() and not plain.is_file() else plain
+
+
 def _missing(directory: Path) -> list[str]:
-    return [n for n in REQUIRED if not (directory / n).is_file()]
+    return [n for n in REQUIRED if not (ledger_path(directory) if n == "ledger.csv" else directory / n).is_file()]
 
 
 def find_runs(roots: list[str | Path]) -> list[Path]:
@@ -204,12 +212,12 @@ def load_run(directory: str | Path) -> Run:
     if sum(int(c["train_size"]) for c in clients) <= 0 or int(config["config"]["num-rounds"]) * int(
             config["config"]["local-epochs"]) <= 0:
         raise ValueError(f"{directory / 'config.json'}: no training samples or no epochs to divide by")
-    ledger = _csv(directory / "ledger.csv", LEDGER_COLUMNS, keep_default_na=False)
+    ledger = _csv(ledger_path(directory), LEDGER_COLUMNS, keep_default_na=False)
     if ledger.empty:
-        raise ValueError(f"{directory / 'ledger.csv'} has no rows")
+        raise ValueError(f"{ledger_path(directory)} has no rows")
     bad = sorted(set(ledger.direction) - {"up", "down"})
     if bad:
-        raise ValueError(f"{directory / 'ledger.csv'}: direction must be up or down, found {', '.join(map(str, bad))}")
+        raise ValueError(f"{ledger_path(directory)}: direction must be up or down, found {', '.join(map(str, bad))}")
     metrics = _csv(directory / "metrics.csv", METRICS_COLUMNS)
     calibration = directory / "calibration.json"
     privacy = directory / PRIVACY_FILE

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pandas import testing as pd_testing
 
 from analysis import comm_table as ct
 from analysis import network, plots
@@ -657,3 +658,31 @@ def test_the_analysis_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=package.parent)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_archived_runs_read_as_the_originals(runs_dir, tmp_path):
+    """analysis.archive packs each ledger (the same bytes every time: no name or time in the
+    gzip header); a run that keeps only ledger.csv.gz reads as it did with ledger.csv."""
+    from analysis import archive
+
+    copy = tmp_path / "archived"
+    shutil.copytree(runs_dir, copy)
+    assert archive.main([str(copy)]) == 0
+    packed = sorted(copy.rglob("ledger.csv.gz"))
+    assert len(packed) == len(find_runs([runs_dir])) > 0
+    first = packed[0].read_bytes()
+    packed[0].unlink()
+    archive.pack_ledger(packed[0].parent)
+    assert packed[0].read_bytes() == first
+    assert archive.pack_ledger(packed[0].parent) is None  # up to date: nothing to do
+    for ledger in copy.rglob("ledger.csv"):
+        ledger.unlink()
+    before = {run.directory.name: run for run in load_runs([runs_dir])}
+    after = {run.directory.name: run for run in load_runs([copy])}
+    assert before.keys() == after.keys()
+    for name, run in after.items():
+        pd_testing.assert_frame_equal(run.ledger, before[name].ledger)
+    assert ct.comm_table(load_runs([copy])).equals(ct.comm_table(load_runs([runs_dir])))
+    (copy / packed[0].parent.name / "ledger.csv.gz").unlink()
+    with pytest.raises(ValueError, match="lacks ledger.csv"):
+        find_runs([copy])
