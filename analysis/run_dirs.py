@@ -212,12 +212,13 @@ def load_run(directory: str | Path) -> Run:
     if sum(int(c["train_size"]) for c in clients) <= 0 or int(config["config"]["num-rounds"]) * int(
             config["config"]["local-epochs"]) <= 0:
         raise ValueError(f"{directory / 'config.json'}: no training samples or no epochs to divide by")
-    ledger = _csv(ledger_path(directory), LEDGER_COLUMNS, keep_default_na=False)
+    ledger_file = ledger_path(directory)
+    ledger = _csv(ledger_file, LEDGER_COLUMNS, keep_default_na=False)
     if ledger.empty:
-        raise ValueError(f"{ledger_path(directory)} has no rows")
+        raise ValueError(f"{ledger_file} has no rows")
     bad = sorted(set(ledger.direction) - {"up", "down"})
     if bad:
-        raise ValueError(f"{ledger_path(directory)}: direction must be up or down, found {', '.join(map(str, bad))}")
+        raise ValueError(f"{ledger_file}: direction must be up or down, found {', '.join(map(str, bad))}")
     metrics = _csv(directory / "metrics.csv", METRICS_COLUMNS)
     calibration = directory / "calibration.json"
     privacy = directory / PRIVACY_FILE

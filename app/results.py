@@ -16,6 +16,15 @@ from sltestbed.privacy import after_training as privacy
 PACKAGES = ("flwr", "torch", "transformers", "numpy", "constriction", "sltestbed")
 
 
+def output_directory(cfg: ExperimentConfig) -> str:
+    """<output-dir>/<run-name>; a relative output-dir resolves against the directory `flwr run`
+    was typed in when Flower passes it on (SLTESTBED_WORKDIR), else the app's working directory."""
+    base = cfg.output_dir
+    if not os.path.isabs(base):
+        base = os.path.join(os.environ.get("SLTESTBED_WORKDIR", os.getcwd()), base)
+    return os.path.join(base, cfg.name)
+
+
 class RunDirectoryTaken(ValueError):
     """A run directory holds the results of another config."""
 

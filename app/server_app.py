@@ -7,7 +7,6 @@ the results and prints the summary table.
 
 from __future__ import annotations
 
-import os
 import time
 
 from flwr.app import Context
@@ -17,19 +16,10 @@ from sltestbed.experiment import ExperimentConfig
 from strategies import run_strategy
 
 from .actor_pool import replace_dead_actors
-from .results import check_run_directory, summary_table, write_results
+from .results import check_run_directory, output_directory, summary_table, write_results
 from .grid_transport import GridTransport
 
 app = ServerApp()
-
-
-def output_directory(cfg: ExperimentConfig) -> str:
-    """<output-dir>/<run-name>; a relative output-dir resolves against the directory `flwr run`
-    was typed in when Flower passes it on (SLTESTBED_WORKDIR), else the app's working directory."""
-    base = cfg.output_dir
-    if not os.path.isabs(base):
-        base = os.path.join(os.environ.get("SLTESTBED_WORKDIR", os.getcwd()), base)
-    return os.path.join(base, cfg.name)
 
 
 def log(message: str) -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.results import check_run_directory
+from app.results import check_run_directory, output_directory
 from sltestbed.experiment import ExperimentConfig
 
 from .processes import Interrupted, interrupts_raise
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg[key] = str((here / str(cfg.get(key, default))).resolve())  # relative to where this was typed
     try:  # every key and value, and the run directory, before a SuperLink or Ray starts
         exp = ExperimentConfig.from_run_config(cfg)
-        directory = Path(exp.output_dir) / exp.name
-        if check_run_directory(directory, exp, args.supernodes):
-            print(f"{directory} holds a run of this same config: its results will be replaced", flush=True)
+        check_run_directory(output_directory(exp), exp, args.supernodes)  # the ServerApp says when it replaces a run
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

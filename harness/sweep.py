@@ -84,15 +84,23 @@ def plan(configs: list[dict], out: Path) -> list[tuple[str, dict]]:
     return named
 
 
-def point_state(out: Path, name: str, cfg: dict, supernodes: int | None = None) -> str:
-    """"done" (a finished run of this very config is there), "to run", or "differs: <keys>"
-    (a finished run of another config is there: never counted as done)."""
+def stored_run(out: Path, name: str, cfg: dict, supernodes: int | None = None) -> dict | None:
+    """What `<out>/<name>/` holds against the point: None, no finished run (to run); {}, a
+    finished run of this very config (done); else the keys that differ, stored and requested
+    (a run of another config: never counted as done)."""
     if not (out / name / "summary.json").is_file():
-        return "to run"
-    diff = stored_differences(out / name, ExperimentConfig.from_run_config(cfg), supernodes)
-    if diff is None:
-        return "to run"
-    return "done" if not diff else f"differs: {describe(diff)}"
+        return None
+    return stored_differences(out / name, ExperimentConfig.from_run_config(cfg), supernodes)
+
+
+def point_state(diff: dict | None) -> str:
+    """A point's line in --dry-run, from `stored_run`."""
+    return "to run" if diff is None else "done" if not diff else f"differs: {describe(diff)}"
+
+
+def stored_runs(named: list[tuple[str, dict]], out: Path, supernodes: int | None = None) -> dict[str, dict | None]:
+    """`stored_run` of every point, by name."""
+    return {n: stored_run(out, n, c, supernodes) for n, c in named}
 
 
 def move_aside(directory: Path) -> Path:
@@ -110,13 +118,13 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out.mkdir(parents=True, exist_ok=True)
-    states = {n: point_state(out, n, c, supernodes) for n, c in named}
-    changed = [n for n, state in states.items() if state.startswith("differs")]
+    diffs = stored_runs(named, out, supernodes)
+    changed = {n: d for n, d in diffs.items() if d}
     if changed:
         raise ValueError(f"{len(changed)} point(s) in {out} hold runs of another config: "
-                         + "; ".join(f"{n} ({states[n][len('differs: '):]})" for n in changed))
-    todo = [(n, c) for n, c in named if states[n] == "to run"]
-    status = {n: "done before" for n, _ in named if states[n] == "done"}
+                         + "; ".join(f"{n} ({describe(d)})" for n, d in changed.items()))
+    todo = [(n, c) for n, c in named if diffs[n] is None]
+    status = {n: "done before" for n, _ in named if diffs[n] == {}}
     log(f"sweep: {len(named)} points, {len(status)} already done, {len(todo)} to run"
         f"{f', {jobs} at a time' if jobs > 1 else ''}; results in {out}")
     _write_index(out, named, status)
@@ -273,16 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     supernodes = args.supernodes or spec.get("supernodes", 2)
-    states = {name: point_state(out, name, cfg, supernodes) for name, cfg in named}
+    diffs = stored_runs(named, out, supernodes)
     if args.dry_run:
         for name, _ in named:
-            print(f"{states[name]:7s} {name}")
+            print(f"{point_state(diffs[name]):7s} {name}")
         return 0
-    changed = [name for name, state in states.items() if state.startswith("differs")]
+    changed = {n: d for n, d in diffs.items() if d}
     if changed and not args.replace_changed:
-        for name in changed:
-            print(f"error: {out / name} holds a run of another config ({states[name][len('differs: '):]})",
-                  file=sys.stderr)
+        for name, diff in changed.items():
+            print(f"error: {out / name} holds a run of another config ({describe(diff)})", file=sys.stderr)
         print(f"error: {len(changed)} point(s) would replace other configs' runs: use another --out, or "
               "--replace-changed to move those runs aside (as <name>.replaced-<time>) and run the points again",
               file=sys.stderr)

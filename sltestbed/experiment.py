@@ -258,20 +258,24 @@ class ExperimentConfig:
 
 def check_dataset(name: str) -> None:
     """A registered data set, or hf:<path or hub name> (a path must exist: nothing is
-    downloaded at run time here, and a missing directory is named before any work starts)."""
-    from .data import DATASETS
+    downloaded at run time here, and a missing directory is named before any work starts).
+    A bare "hf" names no data: the run config has no other place for the path."""
+    from .data import DATASETS, resolve_dataset_name
 
-    key = str(name).strip().lower().replace("_", "-")
-    if key.startswith("hf:"):
-        target = str(name).strip()[3:]
-        if not target:
-            raise ValueError("run config 'dataset' = 'hf:' needs a path or hub name after the colon")
-        if target.startswith(("/", ".", "~")) and not os.path.exists(os.path.expanduser(target)):
-            raise ValueError(f"run config 'dataset' = {name!r}: no such path {target!r}")
-        return
-    if key not in DATASETS or key == "hf":
-        known = ", ".join(d for d in DATASETS if d != "hf")
+    known = ", ".join(d for d in DATASETS if d != "hf")
+    try:
+        key, implied = resolve_dataset_name(name)
+    except ValueError:
+        key, implied = None, {}
+    if key is None or (key == "hf" and "path_or_name" not in implied):
         raise ValueError(f"run config 'dataset' = {name!r} is not a data set; known: {known}, or 'hf:<path or hub name>'")
+    target = implied.get("path_or_name")
+    if target is None:
+        return
+    if not target:
+        raise ValueError("run config 'dataset' = 'hf:' needs a path or hub name after the colon")
+    if target.startswith(("/", ".", "~")) and not os.path.exists(os.path.expanduser(target)):
+        raise ValueError(f"run config 'dataset' = {name!r}: no such path {target!r}")
 
 
 def _width(scheme: str, bits: int) -> int:

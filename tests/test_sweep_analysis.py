@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from analysis.__main__ import main as analysis_main
+from harness.processes import _has_tag
 from harness.sweep import expand, plan, run_sweep
 
 pytestmark = pytest.mark.flower
@@ -178,16 +179,7 @@ def test_analysis_of_a_missing_directory_names_it(tmp_path, capsys):
 
 def _marked(mark: bytes) -> list[int]:
     """Live processes whose environment carries `mark` (what a command started inherits it)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if mark in f.read().split(b"\0"):
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _has_tag(int(e), mark)]
 
 
 @pytest.mark.parametrize("command, sig", [("sweep", signal.SIGINT), ("launch", signal.SIGTERM)])

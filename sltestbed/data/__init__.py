@@ -31,18 +31,25 @@ DATASETS = {
 }
 
 
+def resolve_dataset_name(name: str) -> tuple[str, dict]:
+    """(registry key, the options the name implies): "hf:<path or hub name>" is ("hf",
+    {"path_or_name": ...}). A name of no registered data set raises `ValueError`."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key.startswith("hf:"):
+        return "hf", {"path_or_name": str(name).strip()[3:]}
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)} (or 'hf:<path or hub name>')")
+    return key, {}
+
+
 def load_dataset(name: str, **options) -> Dataset:
     """Build or load the data set registered under `name` ("digits-vqa", "shapes-vqa", "hf").
 
     "hf:<path or hub name>" is short for `load_dataset("hf", path_or_name=...)`.
     Options go to the data set's function; unknown ones raise `ValueError` listing the accepted ones.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key.startswith("hf:"):
-        options = {"path_or_name": str(name).strip()[3:], **options}
-        key = "hf"
-    if key not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)} (or 'hf:<path or hub name>')")
+    key, implied = resolve_dataset_name(name)
+    options = {**implied, **options}
     build = DATASETS[key]
     parameters = inspect.signature(build).parameters
     unknown = sorted(set(options) - set(parameters))
