@@ -2,9 +2,10 @@
 per width, beside the baselines that show what recovering nothing looks like.
 
 Read from each run's privacy.json (`analysis.run_dirs.read_privacy`): one report per knowledge
-level, "public-base" (the attacker knows the public base model, its client part included)
-and, for the strategies that send client weights through the server (sequential, SplitFed),
-"white-box". Runs without privacy.json are not in the table.
+level, "public-base" (the attacker knows the public base model, its client part included),
+"trained-quantizer" (the public base with the client's trained quantizer, where it has
+weights), "private-base" (the run's base model) and, for the strategies that send client
+weights through the server (sequential, SplitFed), "white-box". Runs without privacy.json are not in the table.
 
 Rows: strategy, dataset, settings (the other config keys, the attack keys included, in which
 the attacked runs differ; empty when they share them), quantizer, bits (`image_bits` /
@@ -65,7 +66,7 @@ from .run_dirs import (
 )
 from .stats import t_interval
 
-LEVELS = ("public-base", "private-base", "white-box")
+LEVELS = ("public-base", "trained-quantizer", "private-base", "white-box")
 # per kind of attack: the scores given with an interval over seeds, and those given as means
 INTERVAL_SCORES = {"image": ("psnr", "ssim", "mse", "attack_accuracy"), "text": ("token_accuracy",),
                    "labels": ("accuracy", "pairwise_direction_accuracy", "pairwise_zero_threshold_accuracy")}
@@ -81,7 +82,8 @@ KEYS = ["strategy", "dataset", "settings", "quantizer", "bits", "image_bits", "t
         "level"]
 LEVEL_BASELINES = tuple(f"mean_image_{k}" for k in BASELINE_KEYS) + ("classifier_clean_accuracy", "classifier_chance")
 CAPTION = ("Leakage per width: what an honest-but-curious server recovered from what crossed the cut, per knowledge "
-           "level (public-base: a base model trained on public data only; private-base: the run's base model, "
+           "level (public-base: a base model trained on public data only; trained-quantizer: that base with the "
+           "client's trained quantizer; private-base: the run's base model, "
            "trained on the clients' data; white-box: also the client weights the protocol sent it). Leakage is "
            "the best attack per metric and run (the attack that gave it named), mean over seeds ± the half-width "
            "of the 95% Student t interval over seeds (n/a: one seed); every attack's own scores are in the CSV. "

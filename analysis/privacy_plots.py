@@ -91,11 +91,11 @@ def _colours(curves) -> dict:
     return {c: cycle[i % len(cycle)] for i, c in enumerate(order)}
 
 
-LINE_STYLES = {"public-base": "-", "private-base": "--", "white-box": ":"}
+LINE_STYLES = {"public-base": "-", "trained-quantizer": "-.", "private-base": "--", "white-box": ":"}
 
 
 def _style(level: str):
-    return LINE_STYLES.get(level, "-.")
+    return LINE_STYLES.get(level, (0, (3, 1, 1, 1, 1, 1)))
 
 
 def _references(ax, table: pd.DataFrame, column: str, what: str, unit: str, digits: int, style, colour,

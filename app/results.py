@@ -131,7 +131,8 @@ def write_results(directory: str, report, seconds: float) -> dict:
     if report.roundtrip:
         summary["roundtrip_benchmark"] = report.roundtrip
     if report.privacy:
-        privacy.write(directory, report.privacy, report.privacy_images, report.observation, report.client_state)
+        privacy.write(directory, report.privacy, report.privacy_images, report.observation, report.client_state,
+                      report.trained_quantizer)
         summary["privacy"] = privacy.summary(report.privacy)
     with open(os.path.join(directory, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

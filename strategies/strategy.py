@@ -25,7 +25,7 @@ from sltestbed.roles import Activations, ServerRole, load_client_state
 from sltestbed.trainer import OptimConfig
 from sltestbed.wire import Content, StepMeta
 
-from sltestbed.privacy import Observation
+from sltestbed.privacy import Observation, quantizer_state
 from sltestbed.privacy.after_training import attack_run
 
 from .benchmark import roundtrip_benchmark
@@ -65,6 +65,7 @@ class RunReport:
     privacy_images: dict = field(default_factory=dict)  # per knowledge level, first images and reconstructions
     observation: Observation | None = None  # what the server kept for the attacks
     client_state: dict | None = None  # the client weights the protocol sent the server (the white-box level)
+    trained_quantizer: dict | None = None  # the first client's trained quantizer encoders (trained-quantizer level)
 
 
 class RunStopped(RuntimeError):
@@ -185,10 +186,14 @@ class Strategy:
         self.step_seconds.append(time.perf_counter() - started)
         return total / samples if samples else None
 
-    def collect_parts(self, rnd: int, clients: list[Client], protocol: bool = True) -> dict[int, dict]:
+    def collect_parts(self, rnd: int, clients: list[Client], protocol: bool = True,
+                      account: bool = True) -> dict[int, dict]:
         """Client-part weights from `clients` (their pending gradients applied first).
-        `protocol`: the strategy's own hand-over or averaging (the server then knows them)."""
-        replies = self.exchange({c.node_id: self.outbox.request(c.node_id, wire.PART) for c in clients}, rnd, -1)
+        `protocol`: the strategy's own hand-over or averaging (the server then knows them).
+        `account`: count the messages' bytes in the ledger (False: a read for the experiment,
+        not part of any protocol)."""
+        replies = self.exchange({c.node_id: self.outbox.request(c.node_id, wire.PART) for c in clients}, rnd, -1,
+                                account)
         parts = {node: content.part for node, content in replies.items()}
         if protocol:
             self.parts_seen.update(parts)
@@ -278,6 +283,17 @@ class Strategy:
             self.attack(report)
         return report
 
+    def trained_quantizer(self) -> dict | None:
+        """The first client's trained quantizer encoders (None where the quantizer has no
+        weights), read after training outside the protocol: no byte of it is counted."""
+        if not any(True for _ in self.server.model.quant_encoders.parameters()):
+            return None
+        for client in self.clients:
+            parts = self.collect_parts(self.cfg.num_rounds, [client], protocol=False, account=False)
+            if client.node_id in parts:
+                return quantizer_state(parts[client.node_id])
+        return None
+
     def attack(self, report: RunReport) -> None:
         """After training: the attacks on what the server kept, at the public-base level and,
         where the protocol sent client weights through the server, white-box."""
@@ -287,8 +303,10 @@ class Strategy:
             return
         seen = sorted(self.parts_seen, key=lambda n: next(c.partition for c in self.clients if c.node_id == n))
         report.client_state = self.parts_seen[seen[0]] if seen else None
+        report.trained_quantizer = quantizer_state(report.client_state) or self.trained_quantizer()
         started = time.perf_counter()
         report.privacy, report.privacy_images = attack_run(self.cfg, report.observation,
                                                            self.setup.base or self.setup.new_model(),
-                                                           report.client_state, self.clients, self.log)
+                                                           report.client_state, self.clients, self.log,
+                                                           trained_quantizer=report.trained_quantizer)
         self.log(f"attacks: done in {time.perf_counter() - started:.0f} s")

@@ -234,3 +234,36 @@ def test_observation_keeps_whole_batches_and_knowledge_checks_levels(digits):
         knowledge(digits, model, level="white-box")
     with pytest.raises(ValueError, match="labels"):
         record_observation(model, digits["client"], labels="nowhere")
+
+
+def test_the_trained_quantizer_level_simulates_the_clients_codes(digits):
+    """The learned quantizer's projection trains on the client: through the identity projection
+    the attacker's codes differ from what the client sent; with the client's trained encoders
+    (the trained-quantizer level) they are the same, and nothing else of the client is used."""
+    from sltestbed.privacy import quantizer_state
+    from sltestbed.privacy.public import simulate_codes
+
+    base = tiny_model(digits)
+    client = tiny_model(digits, quantizer="learned", bits=2)
+    client.load_weights(base.state_dict())
+    with torch.no_grad():  # a projection the client has trained away from the identity
+        for encoder in client.quant_encoders.values():
+            encoder.proj.weight.add_(0.3 * torch.randn_like(encoder.proj.weight))
+    aux = digits["aux"]
+    sent = ClientPart(client, 0)(aux.pixel_values[:32], aux.input_ids[:32, :1])["image"].values
+
+    def simulated(**kw):
+        know = Knowledge(aux=aux, base=base, **kw)
+        part = know.client_part("learned", {"image": 2, "text": 2})
+        return part.encoders["image"](part.features(aux.pixel_values[:32], aux.input_ids[:32, :1]).image).values
+
+    trained = quantizer_state(ClientPart(client, 0).state_dict())
+    assert sorted(trained) == ["encoders.image.proj.bias", "encoders.image.proj.weight",
+                               "encoders.text.proj.bias", "encoders.text.proj.weight"]
+    assert torch.equal(simulated(level="trained-quantizer", quantizer=trained), sent)
+    assert not torch.equal(simulated(), sent)
+    assert quantizer_state(ClientPart(tiny_model(digits, quantizer="uniform", bits=2), 0).state_dict()) is None
+    with pytest.raises(ValueError, match="trained-quantizer"):
+        knowledge(digits, base, level="trained-quantizer")
+    with pytest.raises(ValueError, match="not the quantizer"):
+        knowledge(digits, base, level="trained-quantizer", quantizer={"vision.weight": torch.zeros(1)})

@@ -45,7 +45,8 @@ def test_the_run_writes_its_attacks(attacked):
     report, directory = attacked
     privacy = json.loads((directory / after_training.PRIVACY_FILE).read_text())
     summary = json.loads((directory / "summary.json").read_text())
-    assert set(privacy["levels"]) == {"public-base", "white-box"}  # sequential sends the client part through the server
+    # sequential sends the client part through the server (its quantizer with it)
+    assert set(privacy["levels"]) == {"public-base", "trained-quantizer", "white-box"}
     for level in privacy["levels"].values():
         assert set(level["attacks"]) == {"nearest-code", "knn-mean", "code-classifier", "learned-inversion",
                                          "mlp-decoder", "conv-decoder", "nearest-token", "learned-token", "labels"}
@@ -60,6 +61,19 @@ def test_the_run_writes_its_attacks(attacked):
     images = np.load(directory / after_training.RECONSTRUCTIONS_FILE)
     assert images["public-base/truth"].shape == images["public-base/learned-inversion"].shape == (8, 3, 8, 8)
     assert images["public-base/truth"].dtype == np.uint8
+
+
+def test_a_learned_quantizer_is_attacked_with_the_clients_trained_encoders_too():
+    """Parallel split learning never sends a client part: the trained quantizer is read from the
+    first client after training, outside the protocol, and no byte of it is in the ledger."""
+    report, _ = run_in_process({**CONFIG, "strategy": "parallel", "attack-steps": 20})
+    assert list(report.privacy["levels"]) == ["public-base", "trained-quantizer"]
+    assert report.client_state is None and sorted(report.trained_quantizer) == [
+        "encoders.image.proj.bias", "encoders.image.proj.weight", "encoders.text.proj.bias",
+        "encoders.text.proj.weight"]
+    assert not [r for r in report.ledger.rows if r.kind == "model"]
+    uniform, _ = run_in_process({**CONFIG, "strategy": "parallel", "attack-steps": 20, "quantizer": "uniform"})
+    assert list(uniform.privacy["levels"]) == ["public-base"]  # nothing of a uniform quantizer trains
 
 
 def test_the_attacks_run_again_from_the_run_directory_with_the_same_numbers(attacked, tmp_path):

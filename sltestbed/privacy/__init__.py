@@ -13,14 +13,18 @@ its output at the answer position). What it may know besides:
     (b) a base model for the client part, by level: "public-base", one trained on public
         data only; "private-base", the base model split fine-tuning starts from (in the
         Flower runs trained on the clients' data: `after_training.py` says which is which);
-    (c) white-box: the client part's current weights, where the protocol sends them through
+    (c) "trained-quantizer": the public base with the client's trained quantizer encoders
+        (the learned quantizer's projections; a server that decodes the codes with a decoder
+        made for them can be given them): the public-base attacks without the mismatch of
+        simulating the codes through the identity projection;
+    (d) white-box: the client part's current weights, where the protocol sends them through
         the server (sequential split learning and SplitFed do).
 Ground truth is used to score an attack, never by it. An attack's figure is a lower bound on
 what leaks: the report's leakage is the best attack per metric, and the information ceiling
 bounds it from above.
 
 One attack per module, one interface: an `Observation` (what the server received) and a
-`Knowledge` (levels a-c) in, a `Reconstruction`, `InferredTokens` or `InferredLabels` out.
+`Knowledge` (levels a-d) in, a `Reconstruction`, `InferredTokens` or `InferredLabels` out.
     public        the public images as the server would receive them (simulated codes), and
                   the split of the public images every attack tunes on
     nearest       the nearest public code's image (no training), and the k-nearest mean
@@ -79,6 +83,7 @@ from .observation import (
                           Observation,
                           ObservedBatch,
                           Reconstruction,
+                          quantizer_state,
                           record_observation,
                           to_pixels,
                           to_unit,

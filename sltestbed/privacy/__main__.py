@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     if cfg.attack == "none":
         cfg = ExperimentConfig.from_run_config({**cfg.to_dict(), "attack": "inversion"})
     report, images = runs.attack_run(cfg, saved["observation"], base, saved["client_state"], clients,
-                                     log=lambda m: print(m, flush=True))
+                                     log=lambda m: print(m, flush=True),
+                                     trained_quantizer=saved.get("trained_quantizer"))
     out = args.out or args.run
     os.makedirs(out, exist_ok=True)
     runs.write(out, report, images)

@@ -14,6 +14,11 @@ Knowledge levels, weakest first (each attack runs at each level that applies):
     public-base    the attacker's own base model, trained like the run's (same recipe,
                    preset and seed) on the public pool only: no client's data touched it
                    (`public_base_dir`). The default.
+    trained-quantizer  the public base with the client's trained quantizer encoders (the
+                   learned quantizer's projections, read from the first client after
+                   training, outside the protocol and its byte count): what the server
+                   would know if it were given them to decode the codes. Only where the
+                   quantizer has weights (learned).
     private-base   the run's base model, which split fine-tuning starts from. With
                    base=auto it is the centralized reference trained on the training split,
                    i.e. on the clients' data: every attacked image was in its training set.
@@ -26,7 +31,8 @@ is public: it is the public-base level and there is no private-base level.
 Written beside the run's results: privacy.json (every attack's scores next to its baselines,
 per knowledge level), reconstructions.npz (the first observed images and their
 reconstructions, uint8) and observation.pt (what the server kept and the client weights it
-was sent: `python -m sltestbed.privacy RUN_DIR` runs the attacks again from them).
+was sent, and the client's trained quantizer: `python -m sltestbed.privacy RUN_DIR` runs the
+attacks again from them).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from ..splits import client_data, client_records, splits
 from ..trainer import TensorData
 from .inversion import InversionBudget
 from .metrics import AttackClassifier
-from .observation import ClientTruth, Knowledge, Observation, to_unit
+from .observation import ClientTruth, Knowledge, Observation, quantizer_state, to_unit
 from .suite import ATTACKS, OPTIMISATION_ATTACKS, applicable, run_attacks
 from .scenario import image_classes, select_images
 
@@ -115,23 +121,32 @@ def attack_classifier(cfg: ExperimentConfig, aux: TensorData, aux_classes) -> At
 
 
 def attack_run(cfg: ExperimentConfig, observation: Observation, base, client_state: dict | None, clients,
-               log=print) -> tuple[dict, dict]:
+               log=print, trained_quantizer: dict | None = None) -> tuple[dict, dict]:
     """Every attack of `cfg.attack` at each knowledge level that applies (module doc): the
-    public base always, the run's base where it is not public, white-box where the server was
-    sent client weights (`client_state`). `base`: the run's base model. Returns the report
-    and, per level, the first images and their reconstructions."""
+    public base always; with it the client's trained quantizer (`trained_quantizer`: a client
+    part's state, of which only the quantizer encoders are used) where it has weights; the
+    run's base where it is not public; white-box where the server was sent client weights
+    (`client_state`). `base`: the run's base model. Returns the report and, per level, the
+    first images and their reconstructions."""
     if cfg.attack not in ATTACK_SETS:
         raise ValueError(f"attack {cfg.attack!r}: choose one of {', '.join(ATTACK_SETS)}")
     aux, aux_classes = public_slice(cfg)
     truth = client_truth(cfg, clients)
     classifier = attack_classifier(cfg, aux, aux_classes)
-    levels = {name: (model, None) for name, model in knowledge_bases(cfg, base, log).items()}
+    bases = knowledge_bases(cfg, base, log)
+    quantizer = quantizer_state(trained_quantizer)
+    levels = {"public-base": (bases["public-base"], None, None)}
+    if quantizer is not None:
+        levels["trained-quantizer"] = (bases["public-base"], None, quantizer)
+    if "private-base" in bases:
+        levels["private-base"] = (bases["private-base"], None, None)
     if client_state is not None:
-        levels["white-box"] = (base, client_state)
+        levels["white-box"] = (base, client_state, None)
     report = {"attack": cfg.attack, "public_images": cfg.public_size, "levels": {}}
     images = {}
-    for level, (model, state) in levels.items():
-        knowledge = Knowledge(aux, model, cfg.cut, client_state=state, level=level, aux_classes=aux_classes)
+    for level, (model, state, trained) in levels.items():
+        knowledge = Knowledge(aux, model, cfg.cut, client_state=state, level=level, aux_classes=aux_classes,
+                              quantizer=trained)
         attacks = tuple(a for a in applicable(knowledge, observation.labels) if a in ATTACK_SETS[cfg.attack])
         log(f"attacks ({level}): {', '.join(attacks)} on {len(observation)} observed samples")
         images[level] = {}
@@ -160,11 +175,12 @@ def summary(report: dict) -> dict:
 
 
 def write(directory: str, report: dict, images: dict, observation: Observation | None = None,
-          client_state: dict | None = None) -> None:
+          client_state: dict | None = None, trained_quantizer: dict | None = None) -> None:
     with open(os.path.join(directory, PRIVACY_FILE), "w") as f:
         json.dump(report, f, indent=2)
     arrays = {f"{level}/{name}": (t.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
               for level, per in images.items() for name, t in per.items()}
     np.savez_compressed(os.path.join(directory, RECONSTRUCTIONS_FILE), **arrays)
     if observation is not None:
-        torch.save({"observation": observation, "client_state": client_state}, os.path.join(directory, OBSERVATION_FILE))
+        torch.save({"observation": observation, "client_state": client_state,
+                    "trained_quantizer": quantizer_state(trained_quantizer)}, os.path.join(directory, OBSERVATION_FILE))

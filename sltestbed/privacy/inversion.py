@@ -159,8 +159,9 @@ def train_decoder(attack: str, codes: PublicCodes, budget: InversionBudget = Inv
     with seeded(seed):
         net = build_decoder(attack, codes, budget)
         optimizer = torch.optim.AdamW(net.parameters(), lr=budget.lr, weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=budget.lr, total_steps=max(budget.steps, 1),
-                                                       pct_start=0.05)
+        total = max(budget.steps, 4)  # the warm-up takes at least 2 steps: OneCycleLR divides by its length - 1
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=budget.lr, total_steps=total,
+                                                       pct_start=max(0.05, 2 / total))
         net.train()
         best = (_validation_mse(net, val_values, val_images), 0, copy.deepcopy(net.state_dict()))
         order, position = torch.randperm(len(values), generator=generator), 0

@@ -26,7 +26,15 @@ from ..quantizers import Payload, dequantize
 from ..roles import load_client_state
 from ..trainer import TensorData
 
-LEVELS = ("public-base", "private-base", "white-box")
+LEVELS = ("public-base", "trained-quantizer", "private-base", "white-box")
+QUANTIZER_PREFIX = "encoders."  # the quantizer encoders' weights in a ClientPart state dict
+
+
+def quantizer_state(client_state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """The quantizer encoders' weights of a client part's state (the learned quantizer's
+    projections); None where there are none (uniform, fp32: nothing of the quantizer trains)."""
+    state = {k: v for k, v in (client_state or {}).items() if k.startswith(QUANTIZER_PREFIX)}
+    return state or None
 
 
 @contextmanager
@@ -130,6 +138,9 @@ class Knowledge:
     base: the public base model that split fine-tuning starts from (client part included).
     client_state: at level "white-box", the client part's current weights (a
         `ClientPart.state_dict()`), where the protocol sends them through the server.
+    quantizer: at level "trained-quantizer", the client's trained quantizer encoders
+        (`quantizer_state`: the learned quantizer's projections) on top of the base; below
+        it the attacker's encoders are the base's (the identity projection).
     cut, quantizer_options: the protocol's configuration (the scheme and widths come with
         the payloads).
     """
@@ -141,12 +152,18 @@ class Knowledge:
     client_state: dict[str, torch.Tensor] | None = None
     level: str = "public-base"
     aux_classes: torch.Tensor | None = None
+    quantizer: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self):
         if self.level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
         if self.level == "white-box" and self.client_state is None:
             raise ValueError("level 'white-box' needs the client part's weights (client_state)")
+        if self.level == "trained-quantizer" and not self.quantizer:
+            raise ValueError("level 'trained-quantizer' needs the client's quantizer weights (quantizer)")
+        stray = sorted(k for k in self.quantizer or {} if not k.startswith(QUANTIZER_PREFIX))
+        if stray:
+            raise ValueError(f"quantizer holds weights that are not the quantizer encoders': {stray[:3]}")
         parse_cut(self.cut, self.base.num_lm_layers)
 
     @property
@@ -155,11 +172,15 @@ class Knowledge:
 
     def model(self, quantizer: str, widths: dict[str, int]) -> TinyLlava:
         """The attacker's copy of the model with the observed quantizers at the cut: the base
-        weights, and at level "white-box" the client part's current weights on top."""
+        weights, at level "trained-quantizer" the client's quantizer encoders on top, and at
+        level "white-box" the client part's current weights on top."""
         config = self.base.config.replace(quantizer=quantizer, bits=max(widths.values()), modality_bits=dict(widths),
                                           quantizer_options=dict(self.quantizer_options))
         model = TinyLlava(config)
         model.load_weights(self.base.state_dict())
+        if self.quantizer:
+            strip = len(QUANTIZER_PREFIX)
+            model.quant_encoders.load_state_dict({k[strip:]: v for k, v in self.quantizer.items()})
         if self.level == "white-box":  # the client part, and U-shaped its head
             load_client_state(model, ClientPart(model, self.cut_layers), self.client_state)
         model.eval()
