@@ -21,7 +21,10 @@ import torch
 
 from .experiment import ExperimentConfig
 from .model import TinyLlava, TinyLlavaConfig, preset
+from .model.pretrained import pretrained_fields
 from .trainer import TensorData, evaluate, stage_regime, train_stage
+
+MODEL_KEYS = ("vision-model", "language-model", "vision-feature-layer")  # run-config keys of the Hugging Face parts
 
 TRAINING_RECORD = "training.json"
 
@@ -41,12 +44,14 @@ class BaseSpec:
     dataset_options: tuple = ()  # sorted (key, value) pairs
     pool: str = "train"  # what it trains on: "train" (the clients' training split) or "public" (the public pool)
     public_fraction: float = 0.0  # the splits' public pool (0: none, the two-way split of older caches)
+    models: tuple = ()  # sorted (run-config key, value) pairs of the Hugging Face parts that differ from the preset's
 
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> "BaseSpec":
         """The base model of a run."""
+        models = tuple((k, v) for k, v in sorted(cfg.to_dict().items()) if k in MODEL_KEYS and v)
         return cls(cfg.dataset, cfg.preset, None, cfg.seed, cfg.base_epochs, cfg.base_lr, cfg.base_batch_size, cfg.test_fraction,
-                   public_fraction=cfg.public_fraction)
+                   public_fraction=cfg.public_fraction, models=models)
 
     def key(self) -> str:
         fields = asdict(self)
@@ -56,12 +61,14 @@ class BaseSpec:
             del fields["pool"]
         if not fields["public_fraction"]:  # ... and before the public split existed
             del fields["public_fraction"]
+        if not fields["models"]:  # ... and before Hugging Face parts
+            del fields["models"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_config(self, vocab_size: int, **overrides) -> TinyLlavaConfig:
         if self.image_size:
             overrides["image_size"] = self.image_size
-        return preset(self.preset, vocab_size=vocab_size, **overrides)
+        return model_config(self.preset, vocab_size, dict(self.models), **overrides)
 
 
 def train_centralized(spec: BaseSpec, train_data: TensorData, test_data: TensorData, vocab_size: int,
@@ -135,4 +142,16 @@ def build_model(cfg: ExperimentConfig, base: str | TinyLlava | None, vocab_size:
     if base:
         return TinyLlava.from_pretrained(base, **overrides)
     torch.manual_seed(cfg.seed)
-    return TinyLlava(preset(cfg.preset, vocab_size=vocab_size, **overrides))
+    return TinyLlava(model_config(cfg.preset, vocab_size, cfg.to_dict(), **overrides))
+
+
+def model_config(preset_name: str, vocab_size: int, models: dict, **overrides) -> TinyLlavaConfig:
+    """The preset's model config with the Hugging Face parts `models` names (run-config keys
+    `vision-model`, `language-model`, `vision-feature-layer`; others are ignored) in place of
+    its own. `vocab_size`: the tokenizer's, which a loaded language model's vocabulary must hold."""
+    fields = pretrained_fields(models.get("vision-model", ""), models.get("language-model", ""),
+                               models.get("vision-feature-layer", 0))
+    if fields.get("vocab_size", vocab_size) < vocab_size:
+        raise ValueError(f"run config 'language-model': its vocabulary ({fields['vocab_size']}) is smaller than its "
+                         f"tokenizer's ({vocab_size})")
+    return preset(preset_name, **{"vocab_size": vocab_size, **fields, **overrides})

@@ -41,6 +41,9 @@ class ExperimentConfig:
     entropy_coding: bool = False
     dataset: str = "digits-vqa"
     preset: str = "tiny"
+    vision_model: str = ""  # a Hugging Face vision tower (local directory or hub name; "" the preset's)
+    language_model: str = ""  # a Hugging Face causal LM with the Llama layout, and its tokenizer ("" the preset's)
+    vision_feature_layer: int = 0  # the tower's hidden state the connector reads (-2: TinyLLaVA's; 0: the preset's)
     cut: str = "connector"
     labels: str = "server"
     num_rounds: int = 5
@@ -151,8 +154,13 @@ class ExperimentConfig:
             raise ValueError("run config 'distortion-weight' must be >= 0")
         for group in self.modules:
             choose("train-modules", group, MODULE_GROUPS)
+        fields = self.model_fields()  # the Hugging Face models' configs are read: a bad one is named here
+        layers = fields.get("vision_layers", PRESETS[self.preset]["vision_layers"])
+        if self.vision_feature_layer and not -layers <= self.vision_feature_layer <= layers:
+            raise ValueError(f"run config 'vision-feature-layer' = {self.vision_feature_layer} is out of range: the "
+                             f"tower has {layers} layers, so -{layers}..{layers} (0: the preset's)")
         try:
-            parse_cut(self.cut, PRESETS[self.preset]["lm_layers"])
+            parse_cut(self.cut, self.lm_layers)
         except ValueError as exc:
             raise ValueError(f"run config 'cut': {exc}") from None
         at_least("benchmark-roundtrips", self.benchmark_roundtrips, 0)
@@ -238,7 +246,18 @@ class ExperimentConfig:
 
     @property
     def cut_layers(self) -> int:
-        return parse_cut(self.cut, PRESETS[self.preset]["lm_layers"])
+        return parse_cut(self.cut, self.lm_layers)
+
+    def model_fields(self) -> dict:
+        """The model-config fields the Hugging Face models decide (`model.pretrained`): {} for
+        the preset's own parts."""
+        from .model.pretrained import pretrained_fields
+
+        return pretrained_fields(self.vision_model, self.language_model, self.vision_feature_layer)
+
+    @property
+    def lm_layers(self) -> int:
+        return self.model_fields().get("lm_layers", PRESETS[self.preset]["lm_layers"])
 
     def to_dict(self) -> dict:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
@@ -249,7 +268,8 @@ class ExperimentConfig:
 
     @property
     def image_size(self) -> int:
-        return PRESETS[self.preset]["image_size"]
+        """The side the images are resized to: the vision tower's input size."""
+        return self.model_fields().get("image_size", PRESETS[self.preset]["image_size"])
 
     def quantizer_overrides(self) -> dict:
         """The model-config keys of the run's quantizers at the cut."""

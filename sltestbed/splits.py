@@ -20,6 +20,7 @@ from datasets import Dataset
 
 from .data import VQACollator, build_tokenizer, load_dataset, load_partition, split_three
 from .experiment import ExperimentConfig
+from .model.pretrained import image_normalisation, load_tokenizer
 from .trainer import TensorData
 
 
@@ -34,19 +35,39 @@ class Splits(NamedTuple):
 
 @functools.lru_cache(maxsize=4)
 def load_splits(dataset: str, seed: int, test_fraction: float, public_fraction: float, image_size: int,
-                options: tuple = ()) -> Splits:
+                options: tuple = (), vision_model: str = "", language_model: str = "") -> Splits:
     """The splits (module doc) with the images at the model's size. `options`: the data set's
-    own options as sorted (key, value) pairs."""
+    own options as sorted (key, value) pairs. With a Hugging Face `language_model`, its
+    tokenizer (else a word-level one over the data set's text); with a `vision_model`, its
+    image processor's normalisation."""
     ds = load_dataset(dataset, seed=seed, image_size=image_size, **dict(options))
     train, test, public = split_three(ds, test_fraction, public_fraction, seed=seed)
-    tokenizer = build_tokenizer([train, test, public])
+    tokenizer = load_tokenizer(language_model) if language_model else build_tokenizer([train, test, public])
+    collator = VQACollator(tokenizer, *image_normalisation(vision_model))
     qtypes = sorted(set().union(*(split.unique("qtype") for split in (train, test, public) if len(split))))
-    return Splits(train, test, public, tokenizer, VQACollator(tokenizer), qtypes)
+    if language_model:
+        check_answers(collator, {str(a) for split in (train, test, public) if len(split) for a in split.unique("answer")},
+                      language_model)
+    return Splits(train, test, public, tokenizer, collator, qtypes)
+
+
+def check_answers(collator: VQACollator, answers: set[str], source: str) -> None:
+    """Every answer is predicted as one token (its first, `VQACollator.answer_id`): distinct
+    answers need distinct ids under the language model's tokenizer, or ValueError naming them."""
+    seen: dict[int, str] = {}
+    for answer in sorted(answers):
+        token = collator.answer_id(answer)
+        if token in seen:
+            raise ValueError(f"run config 'language-model' = {source!r}: its tokenizer starts the answers "
+                             f"{seen[token]!r} and {answer!r} with the same token: the model predicts an answer's "
+                             "first token, so they cannot be told apart")
+        seen[token] = answer
 
 
 def splits(cfg: ExperimentConfig) -> Splits:
     """The run's splits."""
-    return load_splits(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size)
+    return load_splits(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size, (),
+                       cfg.vision_model, cfg.language_model)
 
 
 def vocab_size(cfg: ExperimentConfig) -> int:
@@ -61,19 +82,21 @@ def question_types(cfg: ExperimentConfig) -> list[str]:
 def client_data(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -> tuple[TensorData, TensorData]:
     """One client's training partition and its shard of the held-out test split."""
     return _client_data(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size,
-                        cfg.partitioner, cfg.alpha, partition_id, num_partitions)
+                        cfg.partitioner, cfg.alpha, partition_id, num_partitions, cfg.vision_model, cfg.language_model)
 
 
 def client_records(cfg: ExperimentConfig, partition_id: int, num_partitions: int):
     """One client's training partition and test shard as data-set records (image ids, text)."""
     return _client_records(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size,
-                           cfg.partitioner, cfg.alpha, partition_id, num_partitions)
+                           cfg.partitioner, cfg.alpha, partition_id, num_partitions, cfg.vision_model,
+                           cfg.language_model)
 
 
 @functools.lru_cache(maxsize=16)
 def _client_records(dataset, seed, test_fraction, public_fraction, image_size, partitioner, alpha, partition_id,
-                    num_partitions):
-    train, test = load_splits(dataset, seed, test_fraction, public_fraction, image_size)[:2]
+                    num_partitions, vision_model="", language_model=""):
+    train, test = load_splits(dataset, seed, test_fraction, public_fraction, image_size, (), vision_model,
+                              language_model)[:2]
     options = {"alpha": alpha, "min_partition_size": 1} if partitioner == "dirichlet" else {}
     mine = load_partition(train, partition_id, num_partitions, partitioner, seed=seed, **options)
     shard = load_partition(test, partition_id, num_partitions, "iid", seed=seed)
@@ -84,9 +107,9 @@ def _client_records(dataset, seed, test_fraction, public_fraction, image_size, p
 
 @functools.lru_cache(maxsize=16)
 def _client_data(dataset, seed, test_fraction, public_fraction, image_size, partitioner, alpha, partition_id,
-                 num_partitions):
+                 num_partitions, vision_model="", language_model=""):
     mine, shard = _client_records(dataset, seed, test_fraction, public_fraction, image_size, partitioner, alpha,
-                                  partition_id, num_partitions)
-    both = load_splits(dataset, seed, test_fraction, public_fraction, image_size)
+                                  partition_id, num_partitions, vision_model, language_model)
+    both = load_splits(dataset, seed, test_fraction, public_fraction, image_size, (), vision_model, language_model)
     collator, qtypes = both.collator, list(both.question_types)
     return TensorData(mine, collator, qtypes), TensorData(shard, collator, qtypes)

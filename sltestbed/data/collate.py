@@ -72,10 +72,16 @@ class VQACollator:
         return input_ids, lengths
 
     def answer_id(self, answer: str) -> int:
-        """The token id of a one-word answer."""
+        """The token id of a one-word answer: the first token of " answer" (lower-cased, as it
+        would follow the question). Under the word-level tokenizer that is the word's own id
+        ([UNK]'s outside the vocabulary); a subword tokenizer may split a word, and the model
+        predicts its first piece (`splits.check_answers` keeps distinct answers distinct)."""
         if len(answer.split()) != 1:
             raise ValueError(f"answers must be exactly one word, got {answer!r}")
-        return int(self.tokenizer.convert_tokens_to_ids(answer.lower()))
+        ids = self.tokenizer.backend_tokenizer.encode(" " + answer.lower(), add_special_tokens=False).ids
+        if not ids:
+            raise ValueError(f"the tokenizer gives the answer {answer!r} no token")
+        return int(ids[0])
 
 
 def make_loader(

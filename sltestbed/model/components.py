@@ -4,36 +4,34 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          SiglipVisionConfig, SiglipVisionModel, ViTConfig, ViTModel)
+from transformers import (AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel, ViTConfig, ViTModel)
 from transformers.masking_utils import create_causal_mask
 
 from .config import TinyLlavaConfig
 
 
+# tower kind -> (model class, its config class, extra model arguments, has a CLS token to drop)
+TOWERS = {"siglip": (SiglipVisionModel, SiglipVisionConfig, {}, False),
+          "vit": (ViTModel, ViTConfig, {"add_pooling_layer": False}, True),
+          "clip": (CLIPVisionModel, CLIPVisionConfig, {}, True)}
+
+
 class VisionTower(nn.Module):
-    """Image -> patch tokens (B x N x vision_hidden), from the configured hidden state."""
+    """Image -> patch tokens (B x N x vision_hidden), from the configured hidden state: a SigLIP,
+    ViT or CLIP vision model, built from the config's sizes or loaded from `vision_path`."""
 
     def __init__(self, cfg: TinyLlavaConfig):
         super().__init__()
-        self.kind = cfg.vision_tower
+        model_class, config_class, extra, self.drop_cls = TOWERS[cfg.vision_tower]
         self.feature_layer = cfg.vision_feature_layer
-        if cfg.vision_tower == "siglip":
-            if cfg.vision_path:
-                self.model = SiglipVisionModel.from_pretrained(cfg.vision_path)
-            else:
-                self.model = SiglipVisionModel(SiglipVisionConfig(
-                    hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
-                    num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
-                    image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=3))
+        if cfg.vision_path:
+            self.model = model_class.from_pretrained(cfg.vision_path, **extra)
         else:
-            if cfg.vision_path:
-                self.model = ViTModel.from_pretrained(cfg.vision_path, add_pooling_layer=False)
-            else:
-                self.model = ViTModel(ViTConfig(
-                    hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
-                    num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
-                    image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=3), add_pooling_layer=False)
+            self.model = model_class(config_class(
+                hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
+                num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=3), **extra)
         self.hidden_size = self.model.config.hidden_size
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -41,7 +39,7 @@ class VisionTower(nn.Module):
             out = self.model(pixel_values=pixel_values).last_hidden_state
         else:
             out = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.feature_layer]
-        return out[:, 1:] if self.kind == "vit" else out  # ViT: drop the CLS token
+        return out[:, 1:] if self.drop_cls else out  # ViT, CLIP: the CLS token is not a patch
 
 
 class Connector(nn.Module):

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
-VISION_TOWERS = ("siglip", "vit")
+VISION_TOWERS = ("siglip", "vit", "clip")
 LANGUAGE_MODELS = ("llama", "qwen2")
 
 
@@ -36,7 +36,8 @@ class TinyLlavaConfig:
     bits: int | None = None
     modality_bits: dict = field(default_factory=dict)  # e.g. {"image": 3}: a width per modality, else `bits`
     quantizer_options: dict = field(default_factory=dict)
-    # optional local checkpoints for components
+    # Hugging Face checkpoints for the parts (a local directory or a hub name): loaded with
+    # from_pretrained, the sizes above then mirror theirs (`pretrained.pretrained_fields`)
     vision_path: str | None = None
     lm_path: str | None = None
 
@@ -60,9 +61,9 @@ class TinyLlavaConfig:
                 raise ValueError(f"{what} hidden size {hidden} is not divisible by {heads} heads")
         if not -self.vision_layers <= self.vision_feature_layer < self.vision_layers + 1 or self.vision_feature_layer == 0:
             raise ValueError(f"vision_feature_layer {self.vision_feature_layer} out of range for {self.vision_layers} layers")
-        for path_name in ("vision_path", "lm_path"):
+        for path_name in ("vision_path", "lm_path"):  # a local directory, or a hub name from_pretrained resolves
             path = getattr(self, path_name)
-            if path is not None and not os.path.isdir(path):
+            if path is not None and (not path or path.startswith(("/", ".", "~"))) and not os.path.isdir(path):
                 raise ValueError(f"{path_name}: no such directory {path!r}")
         from ..quantizers import implied_bits
 
