@@ -211,16 +211,41 @@ class ClientRole:
         return Activations({m: o.payload for m, o in outs.items()}, batch["lengths"]), batch
 
     # --- state ----------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What of `part_state` can change in training: the trainable parameters and the
+        buffers (the frozen parameters stay the base's, from which every role is built)."""
+        state = {}
+        for prefix, module in (("", self.part), ("head.", self.head)):
+            if module is None:
+                continue
+            frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+            state.update({f"{prefix}{k}": v.detach().clone() for k, v in module.state_dict().items() if k not in frozen})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a `trainable_state` (ValueError on a tensor this role does not train)."""
+        own = self.trainable_state().keys()
+        stray = sorted(set(state) - set(own))
+        if stray:
+            raise ValueError(f"the saved state holds tensors this role does not train: {stray[:3]}")
+        head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        self.part.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
+        if head:
+            self.head.load_state_dict(head, strict=False)
+        self.revision += 1
+
     def state_bytes(self) -> bytes:
+        """The node state: what trains (`trainable_state`), the optimizers, the batch cursor,
+        the rows of a pending forward. Bounded by the trainable tensors, not the model."""
         buf = io.BytesIO()
-        torch.save({"part": self.part_state(), "updates": self.updates.state_dict(),
+        torch.save({"part": self.trainable_state(), "updates": self.updates.state_dict(),
                     "head_updates": self.head_updates.state_dict(), "cursor": self.cursor.state(),
                     "pending": None if self.pending is None else self.pending[0], "steps": self.steps}, buf)
         return buf.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
         state = torch.load(io.BytesIO(data), weights_only=False)
-        self.load_part_state(state["part"])
+        self.load_trainable_state(state["part"])
         self.updates.load_state_dict(state["updates"])
         self.head_updates.load_state_dict(state["head_updates"])
         self.cursor.load_state(state["cursor"])

@@ -1,4 +1,5 @@
 import copy
+import io
 
 import pytest
 import torch
@@ -135,3 +136,30 @@ def test_fedavg_weights():
     assert torch.equal(fedavg([a, b], [1, 3])["w"], torch.tensor([3.0, 5.0]))
     with pytest.raises(ValueError):
         fedavg([], [])
+
+
+def test_client_state_holds_what_trains_only(data):
+    """The node state saved after every message is bounded by the trainable tensors: a frozen
+    tower is not in it, and a role built from the same base restores from it exactly."""
+    model = new_model(data, quantizer="learned", bits=2)
+    client = ClientRole(model, 0, data, batch_size=16, seed=0, optim=OptimConfig(1e-3, 10),
+                        trainable=("connector", "quantizers"))
+    server = ServerRole(new_model(data, quantizer="learned", bits=2), 0, optim=OptimConfig(1e-3, 10))
+    for _ in range(2):
+        split_step(client, server)
+    state = client.trainable_state()
+    assert not any(k.startswith(("vision.", "embed_tokens.")) for k in state)
+    assert {k for k in state if k.startswith("connector.")} == {k for k, _ in client.part.connector.named_parameters(prefix="connector")}
+    trainable = {n: p for n, p in client.part.named_parameters() if p.requires_grad}
+    saved = client.state_bytes()
+    kept = torch.load(io.BytesIO(saved), weights_only=False)["part"]
+    assert set(kept) == set(trainable)  # the tiny model has no buffers
+    assert sum(v.numel() for v in kept.values()) == sum(p.numel() for p in trainable.values()) < \
+        sum(v.numel() for v in client.part.state_dict().values()) / 5
+    fresh = ClientRole(new_model(data, quantizer="learned", bits=2), 0, data, batch_size=16, seed=0,
+                       optim=OptimConfig(1e-3, 10), trainable=("connector", "quantizers"))
+    fresh.load_state_bytes(saved)
+    for name, tensor in client.part.state_dict().items():
+        assert torch.equal(fresh.part.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="does not train"):
+        fresh.load_trainable_state({"vision.model.embeddings.patch_embedding.weight": torch.zeros(1)})
