@@ -134,7 +134,7 @@ def build_model(cfg: ExperimentConfig, base: str | TinyLlava | None, vocab_size:
     """A run's model with its quantizers at the cut: from the base (a checkpoint directory, or
     a model already loaded), or from seeded random weights when there is none (every party
     then starts from the same weights)."""
-    overrides = cfg.quantizer_overrides()
+    overrides = cfg.model_overrides()
     if isinstance(base, TinyLlava):
         model = TinyLlava(base.config.replace(**overrides))
         model.load_weights(base.state_dict())

@@ -44,6 +44,10 @@ class ExperimentConfig:
     vision_model: str = ""  # a Hugging Face vision tower (local directory or hub name; "" the preset's)
     language_model: str = ""  # a Hugging Face causal LM with the Llama layout, and its tokenizer ("" the preset's)
     vision_feature_layer: int = 0  # the tower's hidden state the connector reads (-2: TinyLLaVA's; 0: the preset's)
+    lora_rank: int = 0  # LoRA adapters of this rank on the language model (0: none); the adapted weights freeze
+    lora_alpha: int = 0  # the adapters' scale is alpha / rank (0: alpha = 2 x rank)
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the decoder's layers to adapt
+    lora_parts: str = "lm"  # "lm,vision": adapters on the tower's linear layers too
     cut: str = "connector"
     labels: str = "server"
     num_rounds: int = 5
@@ -163,6 +167,14 @@ class ExperimentConfig:
             parse_cut(self.cut, self.lm_layers)
         except ValueError as exc:
             raise ValueError(f"run config 'cut': {exc}") from None
+        at_least("lora-rank", self.lora_rank, 0)
+        at_least("lora-alpha", self.lora_alpha, 0)
+        if self.lora_rank:
+            names = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+            if not names:
+                raise ValueError("run config 'lora-targets' names no layer (e.g. 'q_proj,v_proj')")
+            for part in (t.strip() for t in self.lora_parts.split(",") if t.strip()):
+                choose("lora-parts", part, ("lm", "vision"))
         at_least("benchmark-roundtrips", self.benchmark_roundtrips, 0)
         choose("attack", self.attack, ATTACKS)
         for key in ("public-size", "attack-samples", "attack-steps"):
@@ -271,9 +283,12 @@ class ExperimentConfig:
         """The side the images are resized to: the vision tower's input size."""
         return self.model_fields().get("image_size", PRESETS[self.preset]["image_size"])
 
-    def quantizer_overrides(self) -> dict:
-        """The model-config keys of the run's quantizers at the cut."""
-        return {"quantizer": self.quantizer, "bits": self.act_bits, "modality_bits": self.widths}
+    def model_overrides(self) -> dict:
+        """The model-config keys a run sets on its base: the quantizers at the cut, the LoRA
+        adapters."""
+        return {"quantizer": self.quantizer, "bits": self.act_bits, "modality_bits": self.widths,
+                "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "lora_targets": self.lora_targets,
+                "lora_parts": self.lora_parts}
 
 
 def check_dataset(name: str) -> None:

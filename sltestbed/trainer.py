@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .model import TinyLlava
+from .model.lora import is_adapter
 from .scoring import Scores
 
 MODULE_GROUPS = ("vision", "connector", "quantizers", "lm")
@@ -74,12 +75,17 @@ def module_group(model: TinyLlava, group: str) -> list[nn.Module]:
 
 
 def set_trainable(model: TinyLlava, groups) -> list[nn.Parameter]:
+    """Only `groups` train; in a group with LoRA adapters (model config `lora_parts`), only
+    the adapters."""
     for p in model.parameters():
         p.requires_grad_(False)
+    adapted = model.config.lora_part_names if model.config.lora_rank else ()
     params = []
     for group in groups:
         for module in module_group(model, group):
-            for p in module.parameters():
+            for name, p in module.named_parameters():
+                if group in adapted and not is_adapter(f".{name}"):
+                    continue
                 p.requires_grad_(True)
                 params.append(p)
     return params

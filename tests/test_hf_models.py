@@ -112,3 +112,76 @@ def test_a_split_run_trains_with_the_hugging_face_parts(parts, tmp_path):
 def test_a_missing_tower_directory_fails_before_any_work():
     with pytest.raises(ValueError, match="no such model directory"):
         run_in_process({"vision-model": "./not-here"})
+
+
+# --- LoRA ----------------------------------------------------------------------------------
+
+def test_lora_adapters_start_at_the_base_and_alone_train(parts):
+    from sltestbed.model import TinyLlava
+    from sltestbed.model.lora import is_adapter
+    from sltestbed.trainer import set_trainable
+
+    cfg = config(parts)
+    base = build_model(cfg, None, vocab_size(cfg))
+    after = []
+    for rank in (0, 4):  # the adapters are seeded on their own: the global random state moves as without them
+        torch.manual_seed(1)
+        adapted = build_model(config(parts, **{"lora-rank": rank}), base, vocab_size(cfg))
+        after.append(torch.random.get_rng_state())
+    assert torch.equal(*after)
+    again = TinyLlava(adapted.config)
+    adapters = {k: v for k, v in adapted.state_dict().items() if is_adapter(k)}
+    assert adapters and all(torch.equal(again.state_dict()[k], v) for k, v in adapters.items())
+    # the base's weights under the adapted layers' new names, and the same outputs (lora_B starts at 0)
+    assert torch.equal(adapted.state_dict()["lm.model.layers.0.self_attn.q_proj.base_layer.weight"],
+                       base.state_dict()["lm.model.layers.0.self_attn.q_proj.weight"])
+    both = splits(cfg)
+    batch = both.collator([both.train[i] for i in range(4)])
+    args = (batch["pixel_values"], batch["input_ids"], batch["lengths"])
+    assert torch.allclose(adapted(*args), base(*args), atol=1e-6)
+    trained = set_trainable(adapted, ("connector", "lm"))
+    names = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert len(trained) == len(names) and names
+    assert all(is_adapter(n) or n.startswith("connector.") for n in names)
+    assert any(".self_attn.q_proj.lora_A" in n for n in names) and any(".mlp.down_proj.lora_B" in n for n in names)
+
+
+def test_lora_on_the_tower_and_bad_targets(parts):
+    cfg = config(parts, **{"lora-rank": 2, "lora-parts": "lm,vision", "lora-targets": "q_proj,v_proj"})
+    model = build_model(cfg, None, vocab_size(cfg))
+    names = [n for n, _ in model.named_parameters() if ".lora_A" in n]
+    assert any(n.startswith("vision.") for n in names) and any(n.startswith("lm.") for n in names)
+    assert not any(".k_proj.lora" in n for n in names if n.startswith("lm."))
+    bad = config(parts, **{"lora-rank": 2, "lora-targets": "query"})
+    with pytest.raises(ValueError, match=r"lora targets \['query'\] name no linear layer of the lm part"):
+        build_model(bad, None, vocab_size(bad))
+    with pytest.raises(ValueError, match="'lora-parts' = 'head' is not allowed"):
+        config(parts, **{"lora-rank": 2, "lora-parts": "head"})
+
+
+def test_a_lora_split_run_trains_the_adapters_and_keeps_node_state_small(parts, tmp_path):
+    from sltestbed.model.lora import is_adapter
+
+    vision, language = parts
+    keys = {"vision-model": vision, "language-model": language, "base": "none", "num-rounds": 1, "test-fraction": 0.85,
+            "public-fraction": 0.05, "cache-dir": str(tmp_path), "lora-rank": 4, "save-model": True, "cut": "lm:1"}
+    report, _ = run_in_process(keys)
+    assert all(math.isfinite(r.accuracy) for r in report.rounds)
+    cfg = ExperimentConfig.from_run_config(keys)
+    start = build_model(cfg, None, vocab_size(cfg)).state_dict()
+    trained = report.model.state_dict()
+    frozen = [k for k in start if ".base_layer." in k]
+    assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)  # the adapted weights never move
+    moved = [k for k in start if is_adapter(k) and ".lora_B." in k and not torch.equal(trained[k], start[k])]
+    assert any(".layers.0." in k for k in moved) and any(".layers.1." in k for k in moved)  # client's and server's
+    # a client's node state: its adapters, the connector and the quantizer, not the model
+    from sltestbed.roles import ClientRole
+    from sltestbed.splits import client_data
+    from sltestbed.trainer import OptimConfig
+
+    role = ClientRole(build_model(cfg, None, vocab_size(cfg)), cfg.cut_layers, client_data(cfg, 0, 2)[0], batch_size=8,
+                      seed=0, optim=OptimConfig(1e-3, 10), trainable=cfg.modules)
+    kept = role.trainable_state()
+    assert any(is_adapter(k) for k in kept) and not any(".base_layer." in k for k in kept)
+    assert set(kept) == {k for k, p in role.part.named_parameters() if p.requires_grad}
+    assert not any(k.startswith(("vision.", "embed_tokens.")) for k in kept)

@@ -36,6 +36,12 @@ class TinyLlavaConfig:
     bits: int | None = None
     modality_bits: dict = field(default_factory=dict)  # e.g. {"image": 3}: a width per modality, else `bits`
     quantizer_options: dict = field(default_factory=dict)
+    # LoRA (model/lora.py): adapters of this rank (0: none) on the language model's `lora_targets`
+    # (and with "vision" in `lora_parts`, on the tower's linear layers); the adapted weights freeze
+    lora_rank: int = 0
+    lora_alpha: int = 0  # the adapters' scale is alpha / rank (0: alpha = 2 x rank)
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    lora_parts: str = "lm"
     # Hugging Face checkpoints for the parts (a local directory or a hub name): loaded with
     # from_pretrained, the sizes above then mirror theirs (`pretrained.pretrained_fields`)
     vision_path: str | None = None
@@ -59,6 +65,12 @@ class TinyLlavaConfig:
         for hidden, heads, what in ((self.vision_hidden, self.vision_heads, "vision"), (self.lm_hidden, self.lm_heads, "lm")):
             if hidden % heads:
                 raise ValueError(f"{what} hidden size {hidden} is not divisible by {heads} heads")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0 or self.lora_alpha < 0:
+            raise ValueError(f"lora_rank and lora_alpha must be integers >= 0, got {self.lora_rank}, {self.lora_alpha}")
+        if self.lora_rank and not self.lora_target_names:
+            raise ValueError("lora_targets names no layer")
+        if self.lora_rank and set(self.lora_part_names) - {"lm", "vision"}:
+            raise ValueError(f"lora_parts {self.lora_parts!r}: use 'lm' or 'lm,vision'")
         if not -self.vision_layers <= self.vision_feature_layer < self.vision_layers + 1 or self.vision_feature_layer == 0:
             raise ValueError(f"vision_feature_layer {self.vision_feature_layer} out of range for {self.vision_layers} layers")
         for path_name in ("vision_path", "lm_path"):  # a local directory, or a hub name from_pretrained resolves
@@ -72,6 +84,14 @@ class TinyLlavaConfig:
         if unknown:
             raise ValueError(f"modality_bits: unknown modality {unknown}; the modalities are image, text")
         self.modality_bits = {m: implied_bits(self.quantizer, b) for m, b in sorted(self.modality_bits.items())}
+
+    @property
+    def lora_target_names(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+
+    @property
+    def lora_part_names(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.lora_parts.split(",") if t.strip())
 
     def bits_of(self, modality: str) -> int:
         """The bit width of one modality's quantizer."""

@@ -17,6 +17,7 @@ from torch import nn
 from ..quantizers import build_quantizer
 from .components import Connector, VisionTower, build_language_model
 from .config import TinyLlavaConfig
+from .lora import add_lora, base_key, is_adapter
 
 MODALITIES = ("image", "text")
 
@@ -41,6 +42,9 @@ class TinyLlava(nn.Module):
                 config.quantizer, config.bits_of(modality), dim=self.lm_hidden, **config.quantizer_options)
         self.quant_encoders = nn.ModuleDict(encoders)
         self.quant_decoders = nn.ModuleDict(decoders)
+        if config.lora_rank:
+            add_lora(self, config.lora_rank, config.lora_alpha or 2 * config.lora_rank, config.lora_target_names,
+                     config.lora_part_names)
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -81,11 +85,17 @@ class TinyLlava(nn.Module):
         return model
 
     def load_weights(self, state: dict) -> None:
-        """Load every tensor of `state` whose name and shape fit; quantizer parameters may be
-        missing (a new quantizer) or extra (an old one)."""
+        """Load every tensor of `state` whose name and shape fit; quantizer parameters and LoRA
+        adapters may be missing (a new quantizer, a base without adapters: they keep their
+        initial values) or extra (an old one). A weight that adapters now wrap is found under
+        its name without them (`q_proj.weight` for `q_proj.base_layer.weight`)."""
         own = self.state_dict()
-        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        missing = [k for k in own if k not in fitting and not k.startswith("quant_")]
+        fitting = {}
+        for k in own:
+            source = k if k in state else base_key(k)
+            if source in state and own[k].shape == state[source].shape:
+                fitting[k] = state[source]
+        missing = [k for k in own if k not in fitting and not k.startswith("quant_") and not is_adapter(k)]
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} model tensors, e.g. {missing[:3]}")
         self.load_state_dict(fitting, strict=False)
