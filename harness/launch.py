@@ -19,7 +19,7 @@ from app.results import check_run_directory, output_directory
 from sltestbed.experiment import ExperimentConfig
 
 from .processes import Interrupted, interrupts_raise
-from .superlink import RunResult, simulation_superlink
+from .superlink import RunResult, client_resources, simulation_superlink
 
 # pytest: never collect anything from this module
 __test__ = False
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  {key:22} {value!r}" for key, value in defaults.items()))
     parser.add_argument("--supernodes", type=int, default=2)
     parser.add_argument("--cpus-per-client", type=float, default=1.0)
+    parser.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="a GPU share per ClientApp actor (e.g. 0.5: two actors a GPU); with device=auto or cuda")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("overrides", nargs="*", help="run-config key=value pairs")
     args = parser.parse_args(argv)
@@ -68,11 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = here / ".flwr_runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"flwr run {app_dir} with {args.supernodes} SuperNodes; overrides {cfg}", flush=True)
-    cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
     try:
         with interrupts_raise():  # leaving the SuperLink's context stops everything it started, by pid
-            result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes, {"client-resources-num-cpus": cpus},
-                                              args.timeout)
+            result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes,
+                                              client_resources(args.cpus_per_client, args.gpus_per_client), args.timeout)
     except Interrupted as stop:
         print(f"launch: stopped by {stop}; every process it started is stopped", file=sys.stderr, flush=True)
         return stop.exit_code

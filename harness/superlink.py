@@ -272,6 +272,22 @@ def _stop_all(reaper: ProcessReaper, term_timeout: float, raise_on_survivors: bo
         print(msg, file=sys.stderr)
 
 
+def client_resources(cpus: float = 1, gpus: float = 0) -> dict:
+    """Flower's simulation resources per ClientApp actor (`--federation-config` keys): CPUs,
+    and where asked a GPU share (Ray then places the actors on the GPUs; a node's `device`
+    key decides whether its role uses one)."""
+    if cpus <= 0 or gpus < 0:
+        raise ValueError(f"client resources: cpus must be > 0 and gpus >= 0, got {cpus}, {gpus}")
+
+    def whole(x):
+        return int(x) if float(x).is_integer() else float(x)
+
+    out = {"client-resources-num-cpus": whole(cpus)}
+    if gpus:
+        out["client-resources-num-gpus"] = whole(gpus)
+    return out
+
+
 class SimulationSuperLink:
     """A running ``flower-superlink --simulation`` owned by the harness.
 

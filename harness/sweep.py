@@ -48,7 +48,7 @@ from app.results import describe, stored_differences
 
 from .launch import parse_overrides
 from .processes import Interrupted, interrupts_raise
-from .superlink import simulation_superlink
+from .superlink import client_resources, simulation_superlink
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,8 @@ def move_aside(directory: Path) -> Path:
 
 
 def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpus_per_client: float = 1,
-              timeout: float = 3600, work_dir: Path | None = None, log=print, jobs: int = 1) -> dict[str, str]:
+              timeout: float = 3600, work_dir: Path | None = None, log=print, jobs: int = 1,
+              gpus_per_client: float = 0) -> dict[str, str]:
     """Run the points not yet done; return {name: status}. `jobs` points run at once, each
     worker on a simulation SuperLink of its own (the points are independent runs, each with
     its own seed: running them side by side changes no number)."""
@@ -155,7 +156,7 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
                     status[name] = "running"
                 t0 = time.perf_counter()
                 log(f"[{k}/{len(todo)}] {name}")
-                result = link.submit(APP_DIR, cfg, supernodes, {"client-resources-num-cpus": cpus_per_client}, timeout,
+                result = link.submit(APP_DIR, cfg, supernodes, client_resources(cpus_per_client, gpus_per_client), timeout,
                                      echo=_echo(k, len(todo), log), should_stop=stopping.is_set)
                 seconds = time.perf_counter() - t0
                 with lock:
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="directory for the run directories (default: the file's, else runs/sweep)")
     parser.add_argument("--supernodes", type=int, help="SuperNodes per run (default: the file's, else 2)")
     parser.add_argument("--cpus-per-client", type=float, default=1.0)
+    parser.add_argument("--gpus-per-client", type=float, default=0.0, help="a GPU share per ClientApp actor")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--jobs", type=int, default=1, help="points run at once, each on a SuperLink of its own")
     parser.add_argument("--dry-run", action="store_true", help="list the points and whether each is done")
@@ -296,14 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in changed:
         print(f"{name}: its run of another config moved to {move_aside(out / name)}", flush=True)
-    cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
     if args.jobs < 1:
         print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
     try:
         with interrupts_raise():
-            status = run_sweep(named, out, supernodes, cpus, args.timeout, log=lambda m: print(m, flush=True),
-                               jobs=args.jobs)
+            status = run_sweep(named, out, supernodes, args.cpus_per_client, args.timeout, log=lambda m: print(m, flush=True),
+                               jobs=args.jobs, gpus_per_client=args.gpus_per_client)
     except Interrupted as stop:
         print(f"sweep: stopped by {stop}; every process it started is stopped; the interrupted point is marked "
               f"so in {out / 'sweep.json'} and runs again next time", file=sys.stderr, flush=True)

@@ -73,7 +73,7 @@ class ClientNode:
             self.role = ClientRole(self.model(cfg, meta.base), cfg.cut_layers, self.train, batch_size=meta.batch_size,
                                    seed=cfg.seed + self.partition, optim=OptimConfig(cfg.lr, meta.total_steps),
                                    trainable=cfg.modules, distortion_weight=cfg.distortion_weight,
-                                   head=self.labels.head_on_client)
+                                   head=self.labels.head_on_client, compute=cfg.compute())
         return self.role
 
     def state(self) -> bytes:

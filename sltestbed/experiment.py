@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
+from .compute import PRECISIONS, Compute, check_device
 from .data.partition import PARTITIONERS
 from .label_protocol import LABELS
 from .model import MODALITIES, PRESETS, parse_cut
@@ -48,6 +49,8 @@ class ExperimentConfig:
     lora_alpha: int = 0  # the adapters' scale is alpha / rank (0: alpha = 2 x rank)
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the decoder's layers to adapt
     lora_parts: str = "lm"  # "lm,vision": adapters on the tower's linear layers too
+    device: str = "auto"  # where the roles compute: auto (a GPU where there is one), cpu, cuda, cuda:i
+    precision: str = "fp32"  # the forward's precision: fp32, or bf16 autocast (the codes are fp32 either way)
     cut: str = "connector"
     labels: str = "server"
     num_rounds: int = 5
@@ -175,6 +178,8 @@ class ExperimentConfig:
                 raise ValueError("run config 'lora-targets' names no layer (e.g. 'q_proj,v_proj')")
             for part in (t.strip() for t in self.lora_parts.split(",") if t.strip()):
                 choose("lora-parts", part, ("lm", "vision"))
+        check_device(self.device)
+        choose("precision", self.precision, PRECISIONS)
         at_least("benchmark-roundtrips", self.benchmark_roundtrips, 0)
         choose("attack", self.attack, ATTACKS)
         for key in ("public-size", "attack-samples", "attack-steps"):
@@ -282,6 +287,10 @@ class ExperimentConfig:
     def image_size(self) -> int:
         """The side the images are resized to: the vision tower's input size."""
         return self.model_fields().get("image_size", PRESETS[self.preset]["image_size"])
+
+    def compute(self) -> Compute:
+        """Where this party's role computes (ValueError where the device is not here)."""
+        return Compute.of(self.device, self.precision)
 
     def model_overrides(self) -> dict:
         """The model-config keys a run sets on its base: the quantizers at the cut, the LoRA

@@ -14,7 +14,9 @@ side dequantizes what it receives itself.
     client.backward(gradient payloads)  -> the client part steps
 
 Each side has its own AdamW and schedule over the parameters it holds; per-parameter
-optimizers, so the pair trains exactly like one optimizer over the whole model.
+optimizers, so the pair trains exactly like one optimizer over the whole model. Each side
+computes on its own device and precision (`compute.Compute`); what it returns for the link
+is on the CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .compute import CPU, Compute, to_host
 from .model import MODALITIES, ClientPart, HeadPart, ServerPart, TinyLlava
 from .quantizers import GRADIENT_SCHEMES, Payload, build_quantizer, dequantize
 from .trainer import OptimConfig, TensorData, set_trainable
@@ -116,9 +119,10 @@ class ClientRole:
 
     def __init__(self, model: TinyLlava, cut_layers: int, data: TensorData, *, batch_size: int, seed: int,
                  optim: OptimConfig, trainable=("vision", "connector", "quantizers", "lm"),
-                 distortion_weight: float = 0.0, head: bool = False):
+                 distortion_weight: float = 0.0, head: bool = False, compute: Compute = CPU):
         set_trainable(model, trainable)
-        self.model = model
+        self.compute = compute
+        self.model = model.to(compute.device)
         self.part = ClientPart(model, cut_layers)
         self.head = HeadPart(model) if head else None
         self.data = data
@@ -141,10 +145,11 @@ class ClientRole:
         """(the batch's activations, its labels)."""
         batch = self.data.batch(idx)
         self.part.train()
-        outs = self.part(batch["pixel_values"], batch["input_ids"])
+        with self.compute.autocast():
+            outs = self.part(self.compute.here(batch["pixel_values"]), self.compute.here(batch["input_ids"]))
         self.pending = (idx, outs, batch)
         self.revision += 1
-        return Activations({m: o.payload for m, o in outs.items()}, batch["lengths"]), batch["labels"]
+        return Activations({m: o.payload.to("cpu") for m, o in outs.items()}, batch["lengths"]), batch["labels"]
 
     def backward(self, gradients: dict[str, Payload]) -> None:
         """Apply d loss / d (dequantized values) per modality (as the payloads the server sent)
@@ -152,7 +157,7 @@ class ClientRole:
         if self.pending is None:
             raise RuntimeError("client received a gradient but has no forward pass waiting for one")
         _, outs, _ = self.pending
-        gradients = {m: dequantize(p) for m, p in gradients.items()}
+        gradients = {m: self.compute.here(dequantize(p)) for m, p in gradients.items()}
         for m, g in gradients.items():
             if g.shape != outs[m].values.shape:
                 raise ValueError(f"gradient for {m} has shape {tuple(g.shape)}, activations {tuple(outs[m].values.shape)}")
@@ -178,19 +183,21 @@ class ClientRole:
         logits, and the head steps)."""
         if self.pending is None:
             raise RuntimeError("client received the server's output but has no forward pass waiting")
-        labels = self.pending[2]["labels"]
-        leaf = output.detach().float().requires_grad_(True)
+        labels = self.compute.here(self.pending[2]["labels"])
+        leaf = self.compute.here(output.detach().float()).requires_grad_(True)
         if self.head is None:
             loss = nn.functional.cross_entropy(leaf, labels)
             loss.backward()
-            return float(loss.detach()), leaf.grad
+            return float(loss.detach()), to_host(leaf.grad)
         self.head.train()
-        loss = nn.functional.cross_entropy(self.head(leaf), labels)
+        with self.compute.autocast():
+            logits = self.head(leaf)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
         self.head_updates.zero_grad()
         loss.backward()
         self.head_updates.step()
         self.revision += 1
-        return float(loss.detach()), leaf.grad
+        return float(loss.detach()), to_host(leaf.grad)
 
     @torch.no_grad()
     def logits(self, output: torch.Tensor) -> torch.Tensor:
@@ -198,7 +205,8 @@ class ClientRole:
         if self.head is None:
             return output
         self.head.eval()
-        return self.head(output.float())
+        with self.compute.autocast():
+            return to_host(self.head(self.compute.here(output.float())).float())
 
     # --- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
@@ -207,8 +215,9 @@ class ClientRole:
         question types)."""
         self.part.eval()
         batch = data.batch(torch.arange(len(data)))
-        outs = self.part(batch["pixel_values"], batch["input_ids"])
-        return Activations({m: o.payload for m, o in outs.items()}, batch["lengths"]), batch
+        with self.compute.autocast():
+            outs = self.part(self.compute.here(batch["pixel_values"]), self.compute.here(batch["input_ids"]))
+        return Activations({m: o.payload.to("cpu") for m, o in outs.items()}, batch["lengths"]), batch
 
     # --- state ----------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -219,7 +228,7 @@ class ClientRole:
             if module is None:
                 continue
             frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
-            state.update({f"{prefix}{k}": v.detach().clone() for k, v in module.state_dict().items() if k not in frozen})
+            state.update({f"{prefix}{k}": to_host(v) for k, v in module.state_dict().items() if k not in frozen})
         return state
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -244,7 +253,7 @@ class ClientRole:
         return buf.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
-        state = torch.load(io.BytesIO(data), weights_only=False)
+        state = torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
         self.load_trainable_state(state["part"])
         self.updates.load_state_dict(state["updates"])
         self.head_updates.load_state_dict(state["head_updates"])
@@ -256,9 +265,9 @@ class ClientRole:
 
     def part_state(self) -> dict[str, torch.Tensor]:
         """The weights this side holds: the client part (U-shaped, the head too, as head.*)."""
-        state = {k: v.detach().clone() for k, v in self.part.state_dict().items()}
+        state = {k: to_host(v) for k, v in self.part.state_dict().items()}
         if self.head is not None:
-            state.update({f"head.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
+            state.update({f"head.{k}": to_host(v) for k, v in self.head.state_dict().items()})
         return state
 
     def load_part_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -278,9 +287,10 @@ def load_client_state(model: TinyLlava, part: ClientPart, state: dict[str, torch
 class ServerRole:
     def __init__(self, model: TinyLlava, cut_layers: int, *, optim: OptimConfig,
                  trainable=("vision", "connector", "quantizers", "lm"), grad_scheme: str = "fp32",
-                 grad_bits: int | None = None, seed: int = 0, head: bool = True):
+                 grad_bits: int | None = None, seed: int = 0, head: bool = True, compute: Compute = CPU):
         set_trainable(model, trainable)
-        self.model = model
+        self.compute = compute
+        self.model = model.to(compute.device)
         self.part = ServerPart(model, cut_layers, with_head=head)
         self.updates = Updates(optim, _trainable(self.part))
         self.grad_encoder = gradient_encoder(grad_scheme, grad_bits, seed)
@@ -292,21 +302,22 @@ class ServerRole:
         """Every client's activations in one batch, one forward; returns each client's logits
         slice (the graph is kept for the backward)."""
         self.part.train()
-        leaves = [{m: dequantize(x.payloads[m]).detach().float().requires_grad_(True) for m in MODALITIES}
-                  for x in inputs]
-        logits = self._logits(leaves, inputs)
+        leaves = [{m: self.compute.here(dequantize(x.payloads[m]).detach().float()).requires_grad_(True)
+                   for m in MODALITIES} for x in inputs]
+        with self.compute.autocast():
+            logits = self._logits(leaves, inputs).float()
         self.inputs, self.logits = leaves, logits
-        return list(logits.detach().split([len(x.lengths) for x in inputs]))
+        return list(to_host(logits).split([len(x.lengths) for x in inputs]))
 
     def _logits(self, leaves, inputs: list[Activations]) -> torch.Tensor:
         text_len = max(x["text"].shape[1] for x in leaves)
         image = torch.cat([x["image"] for x in leaves])
         text = torch.cat([nn.functional.pad(x["text"], (0, 0, 0, text_len - x["text"].shape[1])) for x in leaves])
-        lengths = torch.cat([x.lengths for x in inputs])
+        lengths = self.compute.here(torch.cat([x.lengths for x in inputs]))
         return self.part(image, text, lengths)
 
     def backward_from_labels(self, labels: list[torch.Tensor]) -> tuple[float, list[Payload]]:
-        loss = nn.functional.cross_entropy(self.logits, torch.cat(labels))
+        loss = nn.functional.cross_entropy(self.logits, self.compute.here(torch.cat(labels)))
         self._step(loss)
         return float(loss.detach()), self._gradients()
 
@@ -316,7 +327,8 @@ class ServerRole:
         never came; it contributes nothing and gets no gradient)."""
         slices = self.logits.detach().split([x["image"].shape[0] for x in self.inputs])
         total = sum(g.shape[0] for g in dlogits if g is not None)
-        grad = torch.cat([torch.zeros_like(s) if g is None else g * (g.shape[0] / total) for s, g in zip(slices, dlogits)])
+        grad = torch.cat([torch.zeros_like(s) if g is None else self.compute.here(g) * (g.shape[0] / total)
+                          for s, g in zip(slices, dlogits)])
         self._step(None, grad)
         return [None if g is None else p for g, p in zip(dlogits, self._gradients())]
 
@@ -331,18 +343,20 @@ class ServerRole:
 
     def _gradients(self) -> list[Payload]:
         """d loss / d (dequantized values), per client and modality, quantized for the way down."""
-        grads = [{m: self.grad_encoder.encode(leaf[m].grad) for m in MODALITIES} for leaf in self.inputs]
+        grads = [{m: self.grad_encoder.encode(leaf[m].grad).to("cpu") for m in MODALITIES} for leaf in self.inputs]
         self.inputs, self.logits = None, None
         return grads
 
     @torch.no_grad()
     def predict(self, inputs: list[Activations]) -> list[torch.Tensor]:
         self.part.eval()
-        leaves = [{m: dequantize(x.payloads[m]).float() for m in MODALITIES} for x in inputs]
-        return list(self._logits(leaves, inputs).split([len(x.lengths) for x in inputs]))
+        leaves = [{m: self.compute.here(dequantize(x.payloads[m]).float()) for m in MODALITIES} for x in inputs]
+        with self.compute.autocast():
+            logits = to_host(self._logits(leaves, inputs).float())
+        return list(logits.split([len(x.lengths) for x in inputs]))
 
     def part_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.part.state_dict().items()}
+        return {k: to_host(v) for k, v in self.part.state_dict().items()}
 
     def load_part_state(self, state: dict[str, torch.Tensor]) -> None:
         self.part.load_state_dict(state)

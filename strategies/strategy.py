@@ -150,7 +150,8 @@ class Strategy:
     def server_role(self, model: TinyLlava, total_steps: int) -> ServerRole:
         return ServerRole(model, self.cfg.cut_layers, optim=OptimConfig(self.cfg.lr, total_steps),
                           trainable=self.cfg.modules, grad_scheme=self.cfg.grad_quantizer,
-                          grad_bits=self.cfg.gradient_bits, seed=self.cfg.seed, head=not self.labels.head_on_client)
+                          grad_bits=self.cfg.gradient_bits, seed=self.cfg.seed, head=not self.labels.head_on_client,
+                          compute=self.cfg.compute())
 
     # --- the split step shared by the split strategies ----------------------------------------
     def split_step(self, rnd: int, step: int, clients: list[Client], server_of) -> float | None:

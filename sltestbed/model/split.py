@@ -72,7 +72,8 @@ class ClientPart(nn.Module):
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict[str, QuantOut]:
         """Quantized features per modality (values carry the straight-through gradient)."""
         feats = self.features(pixel_values, input_ids)
-        return {m: self.encoders[m](x) for m, x in feats.items()}
+        with torch.autocast(pixel_values.device.type, enabled=False):  # codes in fp32 at any precision
+            return {m: self.encoders[m](x.float()) for m, x in feats.items()}
 
 
 class ServerPart(nn.Module):
