@@ -51,7 +51,7 @@ class BaseSpec:
         """The base model of a run."""
         models = tuple((k, v) for k, v in sorted(cfg.to_dict().items()) if k in MODEL_KEYS and v)
         return cls(cfg.dataset, cfg.preset, None, cfg.seed, cfg.base_epochs, cfg.base_lr, cfg.base_batch_size, cfg.test_fraction,
-                   public_fraction=cfg.public_fraction, models=models)
+                   cfg.dataset_options(), public_fraction=cfg.public_fraction, models=models)
 
     def key(self) -> str:
         fields = asdict(self)

@@ -19,6 +19,7 @@ from .model import MODALITIES, PRESETS, parse_cut
 from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES, implied_bits, scheme_class
 from .trainer import MODULE_GROUPS
 
+HF_DATASET_KEYS = ("dataset_split", "image_column", "question_column", "answer_column", "type_column", "max_samples")
 # Run-config keys that say where a run's files go, not what it computes
 LOCATION_KEYS = ("output-dir", "run-name", "cache-dir")
 
@@ -41,6 +42,13 @@ class ExperimentConfig:
     grad_bits: int = 0
     entropy_coding: bool = False
     dataset: str = "digits-vqa"
+    # a Hugging Face data set (dataset = "hf:<local directory or hub name>"): which split, which columns
+    dataset_split: str = "train"
+    image_column: str = "image"
+    question_column: str = "question"
+    answer_column: str = "answer"
+    type_column: str = ""  # the question type of each row ("": one type, "all")
+    max_samples: int = 0  # the first rows only (0: all)
     preset: str = "tiny"
     vision_model: str = ""  # a Hugging Face vision tower (local directory or hub name; "" the preset's)
     language_model: str = ""  # a Hugging Face causal LM with the Llama layout, and its tokenizer ("" the preset's)
@@ -60,6 +68,7 @@ class ExperimentConfig:
     seed: int = 0
     partitioner: str = "iid"
     alpha: float = 0.5
+    partition_by: str = "answer"  # the column a non-iid partitioner splits by: answer or qtype
     fraction: float = 1.0
     test_fraction: float = 0.2  # of the images: the held-out split, sharded among the clients for evaluation
     public_fraction: float = 0.2  # of the images: the attacker's public pool, in no client's data (`splits`)
@@ -189,6 +198,14 @@ class ExperimentConfig:
         if self.fault:
             self.fault_spec  # parses, or raises naming the key
         check_dataset(self.dataset)
+        choose("partition-by", self.partition_by, ("answer", "qtype"))
+        at_least("max-samples", self.max_samples, 0)
+        if not self.hf_dataset:
+            default = ExperimentConfig()
+            changed = [k.replace("_", "-") for k in HF_DATASET_KEYS if getattr(self, k) != getattr(default, k)]
+            if changed:
+                raise ValueError(f"run config {', '.join(repr(k) for k in changed)}: for a Hugging Face data set only "
+                                 f"(dataset = 'hf:<path or hub name>'), not {self.dataset!r}")
         if self.base not in ("auto", "none") and not os.path.isdir(self.base):
             raise ValueError(f"run config 'base' = {self.base!r}: no such model directory (or use 'auto' / 'none')")
 
@@ -287,6 +304,20 @@ class ExperimentConfig:
     def image_size(self) -> int:
         """The side the images are resized to: the vision tower's input size."""
         return self.model_fields().get("image_size", PRESETS[self.preset]["image_size"])
+
+    @property
+    def hf_dataset(self) -> bool:
+        return self.dataset.strip().lower().startswith("hf:")
+
+    def dataset_options(self) -> tuple:
+        """The data set's own options as sorted (key, value) pairs: a Hugging Face data set's
+        split and columns (`data.load_hf_vqa`); () for the generated ones."""
+        if not self.hf_dataset:
+            return ()
+        return tuple(sorted({"split": self.dataset_split, "image_column": self.image_column,
+                             "question_column": self.question_column, "answer_column": self.answer_column,
+                             "qtype_column": self.type_column or None,
+                             "max_samples": self.max_samples or None}.items()))
 
     def compute(self) -> Compute:
         """Where this party's role computes (ValueError where the device is not here)."""

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from datasets import Dataset
 
-from .data import VQACollator, build_tokenizer, load_dataset, load_partition, split_three
+from .data import VQACollator, build_tokenizer, load_dataset, load_partition, resolve_dataset_name, split_three
 from .experiment import ExperimentConfig
 from .model.pretrained import image_normalisation, load_tokenizer
 from .trainer import TensorData
@@ -40,7 +40,8 @@ def load_splits(dataset: str, seed: int, test_fraction: float, public_fraction: 
     own options as sorted (key, value) pairs. With a Hugging Face `language_model`, its
     tokenizer (else a word-level one over the data set's text); with a `vision_model`, its
     image processor's normalisation."""
-    ds = load_dataset(dataset, seed=seed, image_size=image_size, **dict(options))
+    generated = resolve_dataset_name(dataset)[0] != "hf"  # a stored data set is read as it is: no seed
+    ds = load_dataset(dataset, image_size=image_size, **({"seed": seed} if generated else {}), **dict(options))
     train, test, public = split_three(ds, test_fraction, public_fraction, seed=seed)
     tokenizer = load_tokenizer(language_model) if language_model else build_tokenizer([train, test, public])
     collator = VQACollator(tokenizer, *image_normalisation(vision_model))
@@ -66,8 +67,8 @@ def check_answers(collator: VQACollator, answers: set[str], source: str) -> None
 
 def splits(cfg: ExperimentConfig) -> Splits:
     """The run's splits."""
-    return load_splits(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size, (),
-                       cfg.vision_model, cfg.language_model)
+    return load_splits(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size,
+                       cfg.dataset_options(), cfg.vision_model, cfg.language_model)
 
 
 def vocab_size(cfg: ExperimentConfig) -> int:
@@ -82,22 +83,24 @@ def question_types(cfg: ExperimentConfig) -> list[str]:
 def client_data(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -> tuple[TensorData, TensorData]:
     """One client's training partition and its shard of the held-out test split."""
     return _client_data(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size,
-                        cfg.partitioner, cfg.alpha, partition_id, num_partitions, cfg.vision_model, cfg.language_model)
+                        cfg.partitioner, cfg.alpha, partition_id, num_partitions, cfg.vision_model, cfg.language_model,
+                        cfg.dataset_options(), cfg.partition_by)
 
 
 def client_records(cfg: ExperimentConfig, partition_id: int, num_partitions: int):
     """One client's training partition and test shard as data-set records (image ids, text)."""
     return _client_records(cfg.dataset, cfg.seed, cfg.test_fraction, cfg.public_fraction, cfg.image_size,
                            cfg.partitioner, cfg.alpha, partition_id, num_partitions, cfg.vision_model,
-                           cfg.language_model)
+                           cfg.language_model, cfg.dataset_options(), cfg.partition_by)
 
 
 @functools.lru_cache(maxsize=16)
 def _client_records(dataset, seed, test_fraction, public_fraction, image_size, partitioner, alpha, partition_id,
-                    num_partitions, vision_model="", language_model=""):
-    train, test = load_splits(dataset, seed, test_fraction, public_fraction, image_size, (), vision_model,
+                    num_partitions, vision_model="", language_model="", options=(), partition_by="answer"):
+    train, test = load_splits(dataset, seed, test_fraction, public_fraction, image_size, options, vision_model,
                               language_model)[:2]
     options = {"alpha": alpha, "min_partition_size": 1} if partitioner == "dirichlet" else {}
+    options.update({"partition_by": partition_by} if partitioner != "iid" else {})
     mine = load_partition(train, partition_id, num_partitions, partitioner, seed=seed, **options)
     shard = load_partition(test, partition_id, num_partitions, "iid", seed=seed)
     if len(mine) == 0:
@@ -107,9 +110,9 @@ def _client_records(dataset, seed, test_fraction, public_fraction, image_size, p
 
 @functools.lru_cache(maxsize=16)
 def _client_data(dataset, seed, test_fraction, public_fraction, image_size, partitioner, alpha, partition_id,
-                 num_partitions, vision_model="", language_model=""):
+                 num_partitions, vision_model="", language_model="", options=(), partition_by="answer"):
     mine, shard = _client_records(dataset, seed, test_fraction, public_fraction, image_size, partitioner, alpha,
-                                  partition_id, num_partitions, vision_model, language_model)
-    both = load_splits(dataset, seed, test_fraction, public_fraction, image_size, (), vision_model, language_model)
+                                  partition_id, num_partitions, vision_model, language_model, options, partition_by)
+    both = load_splits(dataset, seed, test_fraction, public_fraction, image_size, options, vision_model, language_model)
     collator, qtypes = both.collator, list(both.question_types)
     return TensorData(mine, collator, qtypes), TensorData(shard, collator, qtypes)

@@ -59,3 +59,29 @@ def save_parts(root: str) -> tuple[str, str]:
     """(vision directory, language-model directory) under `root`."""
     return (save_vision_tower(os.path.join(root, "siglip")),
             save_language_model(os.path.join(root, "qwen2"), digits_text()))
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def save_vqa_dataset(directory: str, rows: int = 360, seed: int = 0) -> str:
+    """A small image-question-answer data set written with `save_to_disk`, in columns of its own
+    naming (picture, prompt, reply, kind): a coloured square on noise, asked its colour or
+    whether it is red."""
+    import numpy as np
+    from datasets import Dataset
+
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    pictures, prompts, replies, kinds = [], [], [], []
+    for i in range(rows):
+        colour = names[i % 3]
+        picture = rng.integers(0, 60, size=(12, 12, 3), dtype=np.uint8)
+        picture[3:9, 3:9] = COLOURS[colour]
+        pictures.append(picture)
+        if i % 2:
+            prompts.append("What colour is the square?"), replies.append(colour.capitalize()), kinds.append("colour")
+        else:
+            prompts.append("Is the square red?"), replies.append("yes" if colour == "red" else "no"), kinds.append("check")
+    Dataset.from_dict({"picture": pictures, "prompt": prompts, "reply": replies, "kind": kinds}).save_to_disk(directory)
+    return directory

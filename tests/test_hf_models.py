@@ -185,3 +185,40 @@ def test_a_lora_split_run_trains_the_adapters_and_keeps_node_state_small(parts, 
     assert any(is_adapter(k) for k in kept) and not any(".base_layer." in k for k in kept)
     assert set(kept) == {k for k, p in role.part.named_parameters() if p.requires_grad}
     assert not any(k.startswith(("vision.", "embed_tokens.")) for k in kept)
+
+
+# --- a Hugging Face data set ---------------------------------------------------------------
+
+def test_a_local_hugging_face_data_set_through_its_own_columns(parts, tmp_path):
+    """A `save_to_disk` data set with columns of its own naming, read through the column keys,
+    at the tower's image size, tokenized by the language model's tokenizer, partitioned by
+    question type with Dirichlet(0.3); a split run with LoRA trains on it."""
+    from hf_parts import save_language_model, save_vqa_dataset
+    from sltestbed.splits import client_data
+
+    data = save_vqa_dataset(str(tmp_path / "squares"))
+    from datasets import load_from_disk
+
+    texts = [f"{q} {a}".lower() for q, a in zip(load_from_disk(data)["prompt"], load_from_disk(data)["reply"])]
+    language = save_language_model(str(tmp_path / "lm"), texts)
+    keys = {"dataset": f"hf:{data}", "image-column": "picture", "question-column": "prompt", "answer-column": "reply",
+            "type-column": "kind", "vision-model": parts[0], "language-model": language, "partitioner": "dirichlet",
+            "alpha": 0.3, "partition-by": "qtype", "base": "none", "num-rounds": 1, "lora-rank": 4, "cut": "lm:1",
+            "test-fraction": 0.2, "public-fraction": 0.1, "batch-size": 16, "cache-dir": str(tmp_path / "cache")}
+    cfg = ExperimentConfig.from_run_config(keys)
+    both = splits(cfg)
+    assert both.question_types == ["check", "colour"]
+    assert np.asarray(both.train[0]["image"]).shape == (8, 8, 3)  # resized to the tower's 8 x 8
+    assert sorted(both.train.unique("answer")) == ["blue", "green", "no", "red", "yes"]
+    mixes = [client_data(cfg, p, 2)[0].qtype_index.float().mean().item() for p in range(2)]
+    assert abs(mixes[0] - mixes[1]) > 0.05  # Dirichlet(0.3) over the question type: unlike mixes
+    report, _ = run_in_process(keys)
+    last = report.rounds[-1]
+    assert math.isfinite(last.accuracy) and set(last.accuracy_by_type) == {"check", "colour"}
+
+
+def test_data_set_keys_apply_to_hugging_face_data_sets_only():
+    with pytest.raises(ValueError, match="'image-column', 'type-column': for a Hugging Face data set only"):
+        ExperimentConfig.from_run_config({"image-column": "picture", "type-column": "kind"})
+    with pytest.raises(ValueError, match="'partition-by' = 'image' is not allowed"):
+        ExperimentConfig.from_run_config({"partition-by": "image"})
