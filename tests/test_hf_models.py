@@ -222,3 +222,46 @@ def test_data_set_keys_apply_to_hugging_face_data_sets_only():
         ExperimentConfig.from_run_config({"image-column": "picture", "type-column": "kind"})
     with pytest.raises(ValueError, match="'partition-by' = 'image' is not allowed"):
         ExperimentConfig.from_run_config({"partition-by": "image"})
+
+
+@pytest.mark.flower
+def test_flwr_run_trains_with_hugging_face_parts_lora_and_a_local_data_set(parts, tmp_path):
+    """The whole path through Flower: towers and language model from local directories, LoRA on,
+    a save_to_disk data set, 2 SuperNodes on Dirichlet partitions, device=auto."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from datasets import load_from_disk
+    from hf_parts import save_language_model, save_vqa_dataset
+    from transformers import AutoModelForCausalLM
+
+    from harness.superlink import simulation_superlink
+    from sltestbed.model import TinyLlava
+
+    data = save_vqa_dataset(str(tmp_path / "squares"))
+    rows = load_from_disk(data)
+    language = save_language_model(str(tmp_path / "lm"), [f"{q} {a}".lower() for q, a in zip(rows["prompt"], rows["reply"])])
+    config = {"dataset": f"hf:{data}", "image-column": "picture", "question-column": "prompt", "answer-column": "reply",
+              "type-column": "kind", "vision-model": parts[0], "language-model": language, "partitioner": "dirichlet",
+              "alpha": 0.3, "partition-by": "qtype", "base": "none", "num-rounds": 2, "lora-rank": 4, "cut": "lm:1",
+              "device": "auto", "test-fraction": 0.2, "public-fraction": 0.1, "batch-size": 16, "save-model": True,
+              "step-timeout": 60.0, "cache-dir": str(tmp_path / "cache"), "output-dir": str(tmp_path / "results"),
+              "run-name": "run"}
+    with simulation_superlink(tmp_path / "superlink") as link:
+        result = link.submit(Path(__file__).resolve().parent.parent, config, num_supernodes=2,
+                             federation_config={"client-resources-num-cpus": 1}, timeout=600)
+    assert result.ok, result.describe()
+    out = tmp_path / "results" / "run"
+    summary = json.loads((out / "summary.json").read_text())
+    assert math.isfinite(summary["accuracy"])
+    with open(out / "ledger.csv") as f:
+        acts = [r for r in csv.DictReader(f) if r["kind"] == "activations"]
+    assert acts and all(int(r["serialized_bytes"]) > 0 for r in acts)
+    assert summary["bytes"]["up"]["activations"]["ideal"] == sum(int(r["ideal_bytes"]) for r in acts)
+    trained = TinyLlava.from_pretrained(str(out / "model")).state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(language).state_dict()
+    # the adapted weights are the saved language model's, untouched; its unadapted norms too
+    assert torch.equal(trained["lm.model.layers.1.self_attn.q_proj.base_layer.weight"],
+                       saved["model.layers.1.self_attn.q_proj.weight"])
+    assert torch.equal(trained["lm.model.norm.weight"], saved["model.norm.weight"])
