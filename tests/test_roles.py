@@ -163,3 +163,13 @@ def test_client_state_holds_what_trains_only(data):
         assert torch.equal(fresh.part.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="does not train"):
         fresh.load_trainable_state({"vision.model.embeddings.patch_embedding.weight": torch.zeros(1)})
+
+
+def test_the_state_benchmark_runs_and_the_bounded_state_is_smaller(capsys):
+    from sltestbed import state_bench
+
+    assert state_bench.main(["--presets", "tiny", "--repeats", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    by = {r[1]: (float(r[3]), float(r[4])) for r in rows}  # trains -> (state MB, whole-part MB)
+    assert set(by) == {"all", "default", "lora"}
+    assert by["default"][0] < by["default"][1] and by["lora"][0] <= by["default"][0]
