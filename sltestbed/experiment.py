@@ -50,6 +50,7 @@ class ExperimentConfig:
     type_column: str = ""  # the question type of each row ("": one type, "all")
     max_samples: int = 0  # the first rows only (0: all)
     preset: str = "tiny"
+    model: str = ""  # a named recipe of Hugging Face parts (model.pretrained.RECIPES), e.g. tinyllava-qwen2-0.5b
     vision_model: str = ""  # a Hugging Face vision tower (local directory or hub name; "" the preset's)
     language_model: str = ""  # a Hugging Face causal LM with the Llama layout, and its tokenizer ("" the preset's)
     vision_feature_layer: int = 0  # the tower's hidden state the connector reads (-2: TinyLLaVA's; 0: the preset's)
@@ -90,6 +91,18 @@ class ExperimentConfig:
     output_dir: str = "results"
     run_name: str = ""
     cache_dir: str = CACHE_DIR
+
+    def __post_init__(self):
+        """A `model` recipe fills the Hugging Face keys left at their defaults."""
+        if self.model:
+            from .model.pretrained import RECIPES
+
+            if self.model not in RECIPES:
+                raise ValueError(f"run config 'model' = {self.model!r} is not a recipe; recipes: {', '.join(RECIPES)}")
+            for key, value in RECIPES[self.model].items():
+                name = key.replace("-", "_")
+                if not getattr(self, name):
+                    object.__setattr__(self, name, value)
 
     # --- construction and validation -----------------------------------------------------
     @classmethod

@@ -265,3 +265,21 @@ def test_flwr_run_trains_with_hugging_face_parts_lora_and_a_local_data_set(parts
     assert torch.equal(trained["lm.model.layers.1.self_attn.q_proj.base_layer.weight"],
                        saved["model.layers.1.self_attn.q_proj.weight"])
     assert torch.equal(trained["lm.model.norm.weight"], saved["model.norm.weight"])
+
+
+def test_a_model_recipe_names_the_hub_parts(monkeypatch, parts):
+    """`model=tinyllava-qwen2-0.5b` fills the Hugging Face keys with hub names (read here
+    through a stand-in: nothing is downloaded); a key given beside it wins."""
+    from sltestbed.model import pretrained
+
+    seen, tower = [], pretrained.vision_fields(parts[0])  # a tower's sizes for the stand-in to give
+    monkeypatch.setattr(pretrained, "vision_fields", lambda source: seen.append(source) or tower)
+    monkeypatch.setattr(pretrained, "language_fields", lambda source: seen.append(source) or {})
+    cfg = ExperimentConfig.from_run_config({"model": "tinyllava-qwen2-0.5b"})
+    assert (cfg.vision_model, cfg.language_model, cfg.vision_feature_layer) == (
+        "google/siglip-so400m-patch14-384", "Qwen/Qwen2-0.5B", -2)
+    assert seen[:2] == ["google/siglip-so400m-patch14-384", "Qwen/Qwen2-0.5B"]
+    mine = ExperimentConfig.from_run_config({"model": "tinyllava-qwen2-0.5b", "language-model": parts[1]})
+    assert mine.language_model == parts[1]
+    with pytest.raises(ValueError, match="'model' = 'llava-13b' is not a recipe; recipes: tinyllava-qwen2-0.5b"):
+        ExperimentConfig.from_run_config({"model": "llava-13b"})

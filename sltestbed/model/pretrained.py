@@ -4,6 +4,7 @@ language model, each a hub name or a local directory (`from_pretrained`).
     fields = pretrained_fields(vision="path/to/siglip", language="path/to/qwen2")
     TinyLlavaConfig(**{**PRESETS["tiny"], **fields})     # the sizes are the models' own
     tokenizer = load_tokenizer("path/to/qwen2")          # the language model's tokenizer
+    RECIPES["tinyllava-qwen2-0.5b"]                       # hub names of a TinyLLaVA member
     mean, std = image_normalisation("path/to/siglip")    # the tower's image processor
 
 `pretrained_fields` reads only the models' configs (no weights): the `TinyLlavaConfig` fields
@@ -23,6 +24,15 @@ VISION_TYPES = {"siglip_vision_model": "siglip", "siglip": "siglip", "vit": "vit
                 "clip": "clip"}  # a transformers model_type -> the tower kind TinyLlavaConfig names
 LANGUAGE_TYPES = {"llama": "llama", "qwen2": "qwen2"}  # decoders with the Llama layout the split needs
 DEFAULT_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the in-house data's: pixels to [-1, 1]
+SIGLIP_SO400M = "google/siglip-so400m-patch14-384"
+# Named recipes (run-config `model`): the TinyLLaVA family members whose language model has
+# the Llama layout, as `real_sizes.py` sizes them; keys given beside `model` win
+RECIPES = {
+    "tinyllava-qwen2-0.5b": {"vision-model": SIGLIP_SO400M, "language-model": "Qwen/Qwen2-0.5B",
+                             "vision-feature-layer": -2},
+    "tinyllava-tinyllama-1.1b": {"vision-model": SIGLIP_SO400M, "language-model": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+                                 "vision-feature-layer": -2},
+}
 
 
 def check_source(key: str, source: str) -> None:
