@@ -31,7 +31,8 @@ SCHEMES = [("learned", range(1, 9)), ("uniform", range(1, 9)), ("nf", range(2, 9
            ("topk", (1, 2, 4, 8)), ("fp16", (None,)), ("bf16", (None,)), ("fp32", (None,))]
 
 
-def _timer(device: torch.device, repeats: int):
+def timer(device: torch.device, repeats: int):
+    """fastest_seconds(fn): the fastest of `repeats` calls after a warm-up, synchronised on CUDA."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -73,7 +74,7 @@ def run(numel: int = 4 * 1024 * 1024, device: str = "cpu", repeats: int = 7, see
     d = 1024
     x = torch.randn(8, max(1, numel // (8 * d)), d, generator=gen).to(dev)
     n = x.numel()
-    time_it = _timer(dev, repeats)
+    time_it = timer(dev, repeats)
     for _ in range(20):  # let the allocator settle, so the first row's clone is not the slow one
         x.clone()
     log(f"benchmark on {describe_device(dev)}: {n:,} float32 elements, fastest of {repeats} runs; ratios to x.clone()")

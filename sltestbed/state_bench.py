@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import time
 
 import torch
 
+from .bench import timer
 from .data import VQACollator, build_tokenizer, make_digits_vqa
 from .model import PRESETS, TinyLlava, preset
 from .roles import ClientRole, ServerRole
@@ -34,16 +34,6 @@ from .trainer import OptimConfig, TensorData
 
 TRAINS = {"all": ("vision", "connector", "quantizers", "lm"), "default": ("connector", "quantizers", "lm"),
           "lora": ("connector", "quantizers", "lm")}
-
-
-def _fastest(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def _role(name: str, trains: str, data: TensorData, vocab: int) -> ClientRole:
@@ -68,11 +58,12 @@ def measure(name: str, trains: str, repeats: int) -> dict:
         _, grads = server.backward_from_labels([labels])
         client.backward(grads[0])
 
-    step_seconds = _fastest(step, repeats)
+    fastest = timer(torch.device("cpu"), repeats)
+    step_seconds = fastest(step)
     saved = client.state_bytes()
     fresh = _role(name, trains, data, vocab)
-    save = _fastest(client.state_bytes, repeats)
-    restore = _fastest(lambda: fresh.load_state_bytes(saved), repeats)
+    save = fastest(client.state_bytes)
+    restore = fastest(lambda: fresh.load_state_bytes(saved))
     whole = io.BytesIO()
     torch.save({"part": client.part_state(), "updates": client.updates.state_dict()}, whole)
     part_bytes = sum(v.numel() * v.element_size() for v in client.part.state_dict().values())

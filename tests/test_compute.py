@@ -103,3 +103,13 @@ def test_the_launchers_forward_a_gpu_share_to_flower():
     assert client_resources(2.0, 0.5) == {"client-resources-num-cpus": 2, "client-resources-num-gpus": 0.5}
     with pytest.raises(ValueError, match="gpus >= 0"):
         client_resources(1, -1)
+
+
+def test_the_step_benchmark_times_split_against_unsplit(capsys):
+    from sltestbed import step_bench
+
+    assert step_bench.main(["--presets", "tiny", "--repeats", "1", "--device", "cpu", "--precision", "bf16"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:4] == ["tiny", "cpu", "bf16", "16"]
+    unsplit, split, ratio = map(float, row[4:])
+    assert ratio == pytest.approx(split / unsplit, rel=0.01, abs=0.01)
