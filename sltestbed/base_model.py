@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -78,9 +79,13 @@ def train_centralized(spec: BaseSpec, train_data: TensorData, test_data: TensorD
     torch.manual_seed(spec.seed)
     model = TinyLlava(spec.model_config(vocab_size))
 
+    started = time.perf_counter()
+
     def on_epoch(epoch: int, loss: float) -> None:
         if log_fn is not None and not progress and (epoch % 5 == 0 or epoch == spec.epochs):
-            log_fn(f"base model: epoch {epoch}/{spec.epochs}, training loss {loss:.4f}")
+            elapsed = time.perf_counter() - started
+            left = f", about {elapsed / epoch * (spec.epochs - epoch):.0f} s left" if epoch < spec.epochs else ""
+            log_fn(f"base model: epoch {epoch}/{spec.epochs}, training loss {loss:.4f}, {elapsed:.0f} s{left}")
 
     losses = train_stage(model, model, train_data, stage_regime("full", spec.epochs, spec.lr)[0], spec.batch_size,
                          spec.seed, progress=progress, on_epoch=on_epoch)

@@ -27,6 +27,9 @@ class SequentialStrategy(Strategy):
         self.server = self.server_role(setup.new_model(), cfg.num_rounds * sum(self.steps.values()))
         self.holder = None  # the client holding the latest client part
 
+    def round_steps(self) -> int:
+        return sum(self.steps.values())
+
     def train_round(self, rnd: int) -> dict:
         losses = []
         for client in self.sample():

@@ -33,6 +33,8 @@ from .observer import Observer
 from .setup import Client, RunSetup
 from .transport import Failure, Transport, exchange
 
+PROGRESS_SECONDS = 10.0  # within a round, a progress line at most this often
+
 
 @dataclass
 class RoundRecord:
@@ -116,6 +118,7 @@ class Strategy:
         self.step_seconds: list[float] = []  # wall time of each training step (its round trips included)
         self.observer: Observer | None = None  # with attack != none: watches every exchange (`run`)
         self.parts_seen: dict[int, dict] = {}  # node -> the last client weights it sent the server
+        self.progress: dict | None = None  # this round's steps, samples and loss so far (the progress lines)
 
     # --- messages ---------------------------------------------------------------------------
     def meta(self, round: int, step: int) -> StepMeta:
@@ -185,6 +188,7 @@ class Strategy:
             total, samples = total + loss, samples + count
             self.outbox.grads.update({n: g for n, g in zip(nodes, grads) if g is not None})
         self.step_seconds.append(time.perf_counter() - started)
+        self._progress(rnd, total / samples if samples else None, samples)
         return total / samples if samples else None
 
     def collect_parts(self, rnd: int, clients: list[Client], protocol: bool = True,
@@ -228,6 +232,30 @@ class Strategy:
     def train_round(self, round: int) -> dict:
         """One round of training; returns {"loss": mean training loss}."""
         raise NotImplementedError
+
+    def round_steps(self) -> int:
+        """Training steps in a round, for the progress lines (with every client sampled)."""
+        return getattr(self, "steps_per_round", 0)
+
+    def _progress(self, rnd: int, loss: float | None, samples: int) -> None:
+        """A line every PROGRESS_SECONDS within a round: steps done, running loss, samples/s, ETA."""
+        p = self.progress
+        if p is None or p["round"] != rnd:
+            p = self.progress = {"round": rnd, "started": time.perf_counter(), "last": time.perf_counter(), "steps": 0,
+                                 "samples": 0, "loss": 0.0, "scored": 0}
+        p["steps"] += 1
+        p["samples"] += samples
+        if loss is not None:
+            p["loss"], p["scored"] = p["loss"] + loss, p["scored"] + 1
+        now = time.perf_counter()
+        if now - p["last"] < PROGRESS_SECONDS:
+            return
+        p["last"] = now
+        elapsed, total = now - p["started"], self.round_steps()
+        eta = f", about {elapsed / p['steps'] * (total - p['steps']):.0f} s left in the round" if total > p["steps"] else ""
+        loss_text = f"loss {p['loss'] / p['scored']:.4f}, " if p["scored"] else ""
+        self.log(f"round {rnd}/{self.cfg.num_rounds}: step {p['steps']}/{total or '?'}, {loss_text}"
+                 f"{p['samples'] / elapsed:.0f} samples/s{eta}")
 
     def evaluate_round(self, round: int) -> dict:
         return self.evaluate_split(round, self.server)

@@ -354,3 +354,16 @@ def test_a_run_whose_final_round_has_no_accuracy_stops_saying_why():
     message = str(stopped.value)
     assert "the final round (1) has no accuracy (nan): no client's test shard was scored" in message
     assert "partition 0: 1 failed" in message and "partition 1: 1 failed" in message and "no worker" in message
+
+
+def test_a_round_shows_its_progress_with_an_eta(monkeypatch):
+    import strategies.strategy as strategy
+
+    monkeypatch.setattr(strategy, "PROGRESS_SECONDS", 0.0)  # a line after every step
+    lines = []
+    run_in_process({"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.85, "public-fraction": 0.05},
+                   log=lines.append)
+    progress = [line for line in lines if " step " in line and "samples/s" in line]
+    assert progress and progress[0].startswith("round 1/1: step 1/") and "s left in the round" in progress[0]
+    total = int(progress[0].split("step 1/")[1].split(",")[0])
+    assert len(progress) == total and "s left" not in progress[-1]

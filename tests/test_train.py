@@ -97,3 +97,17 @@ def test_bad_dataset_option(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--dataset-option", "num_images"])
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_the_base_model_logs_its_epochs_with_an_eta():
+    from sltestbed.base_model import BaseSpec, train_centralized
+    from sltestbed.data import VQACollator, build_tokenizer, make_digits_vqa
+    from sltestbed.trainer import TensorData
+
+    ds = make_digits_vqa(image_size=8, questions_per_image=1).select(range(64))
+    data = TensorData(ds, VQACollator(build_tokenizer([ds])))
+    lines = []
+    spec = BaseSpec("digits-vqa", "tiny", None, 0, 10, 3e-3, 32, 0.2)
+    train_centralized(spec, data, data, int(data.labels.max()) + 1, progress=False, log_fn=lines.append)
+    assert [line.split(",")[0] for line in lines] == ["base model: epoch 5/10", "base model: epoch 10/10"]
+    assert "s left" in lines[0] and "s left" not in lines[1]
