@@ -1,7 +1,8 @@
 """python -m analysis RUNS_DIR [RUNS_DIR ...] --out DIR [--network 4g wifi ethernet NAME=UP,DOWN,RTT] [--note TEXT]
 
 Writes comm_table.{csv,md,tex}, network_time.{csv,md}, accuracy_vs_bits.{png,pdf},
-accuracy_vs_bytes.{png,pdf}, entropy.{png,pdf} when a run chose its bits by calibration and,
+accuracy_vs_bytes.{png,pdf}, training_curves.{png,pdf} (loss and accuracy per round),
+entropy.{png,pdf} when a run chose its bits by calibration and,
 when a run holds privacy.json (attacks after training), privacy_table.{csv,md,tex},
 privacy_vs_bits.{png,pdf}, reconstructions.{png,pdf} (one more per further data set) and
 tradeoff.{png,pdf}; prints the tables. Accuracies and attack scores are means over seeds with
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     written += [out / "network_time.csv", out / "network_time.md"]
     written += plots.accuracy_vs_bits(table, comm_table.paired_deltas(comm_table.per_run(runs)), runs, out, note)
     written += plots.accuracy_vs_bytes(runs, out, note)
+    written += plots.training_curves(runs, out, note)
     auto = [r for r in runs if r.calibration]
     if auto:
         written += plots.entropy_figure(sorted(auto, key=lambda r: r.seed)[0], out, note)

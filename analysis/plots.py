@@ -212,6 +212,52 @@ def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "") -> list[Pa
     return _save(fig, out_dir, "accuracy_vs_bytes")
 
 
+def training_curves(runs: list[Run], out_dir: Path, note: str = "") -> list[Path]:
+    """Training loss and test accuracy after each round, one curve per setting (strategy,
+    quantizer, width): the mean over its seeds and, with two seeds or more, the 95% t interval
+    as a band (the loss: geometric mean, the interval taken of log10 loss). Runs whose metrics
+    lack the loss (older runs) draw accuracy only."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    label_settings(runs)
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    many = len({g[0] for g in groups if g[0] != "fedavg"}) > 1
+    cmap = plt.get_cmap("tab20")
+    for i, key in enumerate(sorted(groups, key=group_sort_key)):
+        strategy, quantizer, bits, entropy, settings = key
+        label = ("FedAvg (whole model)" + (f" ({settings})" if settings else "") if strategy == "fedavg"
+                 else _label(strategy, quantizer, bits, entropy, many, settings))
+        seeds = len(groups[key])
+        for ax, column in zip(axes, ("loss", "accuracy")):
+            curves = [run.metrics.set_index("round")[column] for run in groups[key] if column in run.metrics]
+            if not curves:
+                continue
+            joined = pd.concat(curves, axis=1)
+            log = column == "loss"  # the loss spans decades: its mean and interval are taken of log10
+            values = np.log10(joined.clip(lower=1e-12)) if log else joined
+            intervals = [t_interval(values.loc[r]) for r in joined.index]
+            back = (lambda v: 10 ** np.asarray(v, dtype=float)) if log else (lambda v: np.asarray(v, dtype=float))
+            ax.plot(joined.index, back([iv.mean for iv in intervals]), marker="o", markersize=3, color=cmap(i % 20),
+                    label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''})")
+            if seeds > 1:
+                ax.fill_between(joined.index, back([iv.low for iv in intervals]), back([iv.high for iv in intervals]),
+                                color=cmap(i % 20), alpha=0.15, linewidth=0)
+    axes[0].set_ylabel("training loss (mean over the round's steps; log scale)")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("test accuracy (exact match, fraction)")
+    axes[0].set_title("Training loss per round")
+    axes[1].set_title("Test accuracy after each round")
+    for ax in axes:
+        ax.set_xlabel("round (count)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=7, ncol=2, loc="lower right")
+    fig.suptitle(_title(f"Training curves ({_task(runs)}; mean over seeds (loss: geometric), bands: 95% t CI)",
+                        note))
+    return _save(fig, out_dir, "training_curves")
+
+
 def entropy_figure(run: Run, out_dir: Path, note: str = "") -> list[Path]:
     """A bits="auto" run's calibration: per modality, the estimated density of the normalised
     features in each calibration batch (one client), and the entropy per batch (every client),

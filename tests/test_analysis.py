@@ -358,7 +358,7 @@ def test_one_seed_gives_no_interval_and_no_crash(tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem: drawn.append(stem) or plots.plt.close(fig) or [])
     assert analysis_main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--network", LAB]) == 0
-    assert drawn == ["accuracy_vs_bits", "accuracy_vs_bytes"]  # drawn without intervals, not crashed
+    assert drawn == ["accuracy_vs_bits", "accuracy_vs_bytes", "training_curves"]  # without intervals, not crashed
     line = next(x for x in (tmp_path / "out" / "comm_table.md").read_text().splitlines() if "| learned" in x)
     assert "0.8700 ± n/a" in line and "-3.00 ± n/a pt" in line and "| n/a " in line
     row = next(r for r in read_csv(tmp_path / "out" / "comm_table.csv") if r["quantizer"] == "learned")
@@ -398,7 +398,7 @@ def test_bits_auto_is_a_row_of_its_own_with_its_calibration_figure(tmp_path, mon
     monkeypatch.setattr(plots, "_save", keep)
     assert analysis_main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--network", LAB,
                           "--note", "a test machine"]) == 0
-    assert set(titles) == {"accuracy_vs_bits", "accuracy_vs_bytes", "entropy"}
+    assert set(titles) == {"accuracy_vs_bits", "accuracy_vs_bytes", "training_curves", "entropy"}
     assert "relative MSE <= 0.05" in titles["entropy"] and all(t.endswith("a test machine") for t in titles.values())
 
 
@@ -584,7 +584,8 @@ def test_the_command_writes_every_output(runs_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert analysis_main([str(runs_dir), "--out", str(out), "--network", "4g", LAB, "--note", "a 2-core VM"]) == 0
     for name in ("comm_table.csv", "comm_table.md", "comm_table.tex", "network_time.csv", "network_time.md",
-                 "accuracy_vs_bits.png", "accuracy_vs_bits.pdf", "accuracy_vs_bytes.png", "accuracy_vs_bytes.pdf"):
+                 "accuracy_vs_bits.png", "accuracy_vs_bits.pdf", "accuracy_vs_bytes.png", "accuracy_vs_bytes.pdf",
+                 "training_curves.png", "training_curves.pdf"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "accuracy_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "a 2-core VM" in (out / "comm_table.md").read_text()
@@ -607,6 +608,7 @@ def test_figures_draw_the_intervals_with_titles_units_and_legends(runs_dir, monk
     frame = ct.comm_table(runs)
     plots.accuracy_vs_bits(frame, ct.paired_deltas(ct.per_run(runs)), runs, Path("unused"), note="measured on a VM")
     plots.accuracy_vs_bytes(runs, Path("unused"), note="measured on a VM")
+    plots.training_curves(runs, Path("unused"), note="measured on a VM")
     try:
         for fig in figures.values():
             assert fig._suptitle.get_text().endswith("measured on a VM")
@@ -627,6 +629,12 @@ def test_figures_draw_the_intervals_with_titles_units_and_legends(runs_dir, monk
         segments = bars["parallel: learned 2 b"].lines[2][0].get_segments()
         assert len(segments) == 2  # a bar per round: round 2's accuracies are the final ones
         assert segments[1][:, 1] == pytest.approx((0.819 - T_975_1 * 0.051, 0.819 + T_975_1 * 0.051), rel=1e-4)
+        loss, accuracy = figures["training_curves"].axes
+        line = next(l for l in accuracy.get_lines() if l.get_label().startswith("parallel: learned 2 b"))
+        assert list(line.get_xdata()) == [1, 2] and line.get_ydata()[-1] == pytest.approx(0.819)
+        bands = [c.get_paths()[0].vertices for c in accuracy.collections]  # fill_between: one per setting
+        assert any(v[:, 1].max() == pytest.approx(0.819 + T_975_1 * 0.051, rel=1e-4) for v in bands)
+        assert loss.get_yscale() == "log" and loss.get_lines()[0].get_ydata()[0] == pytest.approx(1.0)  # 1 / round
     finally:
         for fig in figures.values():
             plots.plt.close(fig)

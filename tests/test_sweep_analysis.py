@@ -119,7 +119,8 @@ def test_analysis_table_equals_what_the_ledgers_say(swept, tmp_path):
     _, out, _, _, _ = swept
     assert analysis_main([str(out), "--out", str(tmp_path), "--network", "4g", "lab=100,100,2"]) == 0
     for name in ("comm_table.csv", "comm_table.md", "comm_table.tex", "network_time.csv", "network_time.md",
-                 "accuracy_vs_bits.png", "accuracy_vs_bits.pdf", "accuracy_vs_bytes.png", "accuracy_vs_bytes.pdf"):
+                 "accuracy_vs_bits.png", "accuracy_vs_bits.pdf", "accuracy_vs_bytes.png", "accuracy_vs_bytes.pdf",
+                 "training_curves.png", "training_curves.pdf"):
         assert (tmp_path / name).stat().st_size > 0, name
     table = {(r["strategy"], r["quantizer"], r["bits"], r["entropy_coding"]): r for r in read_csv(tmp_path / "comm_table.csv")}
     assert set(table) == {("parallel", "learned", "2", "False"), ("parallel", "learned", "2", "True"),
