@@ -164,20 +164,30 @@ class _Nowhere:
         return lambda *args, **kwargs: None
 
 
-def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "") -> list[Path]:
-    """Accuracy after each round against the cumulative bytes sent (whole serialized messages,
-    set-up folded into round 1), mean over seeds with its 95% t interval (bars), one curve per
-    setting: bytes up (what the quantizer at the cut controls) and bytes up + down."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
+def _settings(runs: list[Run]):
+    """(index, label, runs) per setting (strategy, quantizer, width, entropy coding, other
+    settings) in the tables' order: the curves of the per-round figures."""
     label_settings(runs)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)
     many = len({g[0] for g in groups if g[0] != "fedavg"}) > 1
-    cmap = plt.get_cmap("tab20")
     for i, key in enumerate(sorted(groups, key=group_sort_key)):
+        strategy, quantizer, bits, entropy, settings = key
+        label = ("FedAvg (whole model)" + (f" ({settings})" if settings else "") if strategy == "fedavg"
+                 else _label(strategy, quantizer, bits, entropy, many, settings))
+        yield i, label, groups[key]
+
+
+def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "") -> list[Path]:
+    """Accuracy after each round against the cumulative bytes sent (whole serialized messages,
+    set-up folded into round 1), mean over seeds with its 95% t interval (bars), one curve per
+    setting: bytes up (what the quantizer at the cut controls) and bytes up + down."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
+    cmap = plt.get_cmap("tab20")
+    for i, label, group in _settings(runs):
         curves = []
-        for run in groups[key]:
+        for run in group:
             messages = run.messages()
             per_round = messages.pivot_table(index="round", columns="direction", values="message_bytes",
                                              aggfunc="sum", fill_value=0).sort_index()
@@ -190,9 +200,6 @@ def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "") -> list[Pa
         mean = joined.groupby(level=0).mean()
         intervals = [t_interval(joined.accuracy[joined.index == r]) for r in mean.index]
         yerr = _bars(mean.accuracy, [iv.low for iv in intervals], [iv.high for iv in intervals])
-        strategy, quantizer, bits, entropy, settings = key
-        label = ("FedAvg (whole model)" + (f" ({settings})" if settings else "") if strategy == "fedavg"
-                 else _label(strategy, quantizer, bits, entropy, many, settings))
         for ax, column in zip(axes, ("up", "both")):
             ax.errorbar(mean[column] / 1e6, mean["accuracy"], yerr=yerr, marker="o", markersize=3.5, capsize=2,
                         color=cmap(i % 20), label=label)
@@ -218,19 +225,11 @@ def training_curves(runs: list[Run], out_dir: Path, note: str = "") -> list[Path
     as a band (the loss: geometric mean, the interval taken of log10 loss). Runs whose metrics
     lack the loss (older runs) draw accuracy only."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    label_settings(runs)
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.group, []).append(run)
-    many = len({g[0] for g in groups if g[0] != "fedavg"}) > 1
     cmap = plt.get_cmap("tab20")
-    for i, key in enumerate(sorted(groups, key=group_sort_key)):
-        strategy, quantizer, bits, entropy, settings = key
-        label = ("FedAvg (whole model)" + (f" ({settings})" if settings else "") if strategy == "fedavg"
-                 else _label(strategy, quantizer, bits, entropy, many, settings))
-        seeds = len(groups[key])
+    for i, label, group in _settings(runs):
+        seeds = len(group)
         for ax, column in zip(axes, ("loss", "accuracy")):
-            curves = [run.metrics.set_index("round")[column] for run in groups[key] if column in run.metrics]
+            curves = [run.metrics.set_index("round")[column] for run in group if column in run.metrics]
             if not curves:
                 continue
             joined = pd.concat(curves, axis=1)
