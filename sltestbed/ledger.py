@@ -4,6 +4,9 @@ Three levels per row: `ideal_bytes` = ceil(elements * bits / 8) (the information
 nominal width), `serialized_bytes` = what that payload adds to the message's protobuf
 encoding (its codec header, side information and the record entry's framing included), and
 `message_bytes` = the whole message it travelled in (shared by the payloads of one message).
+For config and labels (lists of small integers) the ideal is nominal, 32 bits a value; protobuf
+writes them as varints (one byte below 128), so their serialized bytes are the smaller. For
+activations, gradients and the loss the ideal is what the codes or values need, below what is sent.
 """
 
 from __future__ import annotations
