@@ -8,6 +8,7 @@ transport of the tests) only move contents and keep the role's state between mes
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -21,6 +22,7 @@ from .experiment import ExperimentConfig
 from .averaging import model_weights
 from .label_protocol import label_protocol
 from .model import MODALITIES, ClientPart
+from .quantizers import Payload
 from .roles import ClientRole
 from .scoring import Scores
 from .splits import client_data, vocab_size
@@ -31,6 +33,14 @@ def kill_this_process() -> None:
     """How the `kill` fault dies: SIGKILL to this process, as the OS or Ray's memory monitor
     ends a worker (no handler runs, no reply is sent)."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def lying_shape(payload: Payload) -> Payload:
+    """The `lie` fault's payload: the same codes under a header that claims another shape with
+    as many elements (B x N x d as B x (N d)), so the codec encodes it with a valid checksum and
+    decodes it again; only the receiver's check of what it expects can refuse it."""
+    batch, *rest = payload.shape
+    return Payload(payload.scheme, payload.bits, (batch, math.prod(rest)), payload.fields, payload.params)
 
 
 class FaultHooks(NamedTuple):
@@ -125,9 +135,10 @@ class ClientNode:
 
     def _step(self, request: Content, hooks: FaultHooks) -> Content:
         self.receive(request)
-        self._fault(request.meta, hooks)
+        lie = self._fault(request.meta, hooks) == "lie"
         acts, labels = self.role.forward()
-        return Content(acts=acts.payloads, batch=self.labels.batch_up(acts.lengths, labels))
+        payloads = {m: lying_shape(p) if lie and m == "image" else p for m, p in acts.payloads.items()}
+        return Content(acts=payloads, batch=self.labels.batch_up(acts.lengths, labels))
 
     def _logits(self, request: Content, hooks: FaultHooks) -> Content:
         """Labels here: the loss of the last batch and its gradient w.r.t. the server's output."""
@@ -171,10 +182,13 @@ class ClientNode:
             predicted = model(batch["pixel_values"], batch["input_ids"], batch["lengths"]).argmax(-1)
         return Content(score=Scores.of(predicted, batch["labels"], batch["qtype_index"], test.qtypes))
 
-    def _fault(self, meta: StepMeta, hooks: FaultHooks) -> None:
-        """The `fault` run-config hook: fail, stall or die at one step, to test the server's handling."""
+    def _fault(self, meta: StepMeta, hooks: FaultHooks) -> str | None:
+        """The `fault` run-config hook: fail, stall, die or lie at one step, to test the server's
+        handling. Returns "lie" where the step's activations are to lie about their shape."""
         spec = self.cfg.fault_spec
         if spec and (spec[1], spec[2], spec[3]) == (self.partition, meta.round, meta.step):
+            if spec[0] == "lie":
+                return "lie"
             if spec[0] == "raise":
                 raise RuntimeError(f"injected fault at partition {spec[1]}, round {spec[2]}, step {spec[3]}")
             if spec[0] == "kill":

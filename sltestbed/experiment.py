@@ -25,7 +25,9 @@ LOCATION_KEYS = ("output-dir", "run-name", "cache-dir")
 
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
 ATTACKS = ("none", "inversion", "all")  # after training: none; lookups, code classifier, decoders, tokens, labels; and optimisation
-FAULTS = ("raise", "stall", "kill")  # the testing hook: the ClientApp raises, answers too late, or its process dies
+# the testing hook: the ClientApp raises, answers too late, its process dies, or it sends activations whose
+# header lies about their shape (a consistent payload with a valid checksum)
+FAULTS = ("raise", "stall", "kill", "lie")
 CACHE_DIR = os.path.join(".cache", "sltestbed")  # where base models are cached (relative: to the working directory)
 
 
@@ -81,7 +83,7 @@ class ExperimentConfig:
     base_batch_size: int = 64
     step_timeout: float = 120.0
     max_failed_steps: int = 10  # the most client messages a run may lose (failed or unanswered); one more stops it
-    fault: str = ""  # testing hook: "raise:P:R:S", "stall:P:R:S" or "kill:P:R:S" (partition P, round R, step S)
+    fault: str = ""  # testing hook: "raise:P:R:S", "stall:P:R:S", "kill:P:R:S" or "lie:P:R:S" (partition, round, step)
     benchmark_roundtrips: int = 0  # N > 0: N bare Flower round trips after training, to compare a step with
     save_model: bool = False  # write the trained model (server part + a client's part) to <run>/model
     attack: str = "none"  # after training, attacks on what the server received: none, inversion, all
@@ -234,7 +236,7 @@ class ExperimentConfig:
             return None
         parts = self.fault.split(":")
         if len(parts) != 4 or parts[0] not in FAULTS or not all(p.isdigit() for p in parts[1:]):
-            raise ValueError(f"run config 'fault' = {self.fault!r}: use 'raise:P:R:S', 'stall:P:R:S' "
+            raise ValueError(f"run config 'fault' = {self.fault!r}: use 'raise:P:R:S', 'stall:P:R:S', 'lie:P:R:S' "
                              "or 'kill:P:R:S' (partition, round, step as integers)")
         return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
 

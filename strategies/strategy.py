@@ -36,6 +36,26 @@ from .transport import Failure, Transport, exchange
 PROGRESS_SECONDS = 10.0  # within a round, a progress line at most this often
 
 
+def activation_problem(content: Content, tokens: int, width: int, max_batch: int | None = None) -> str | None:
+    """What is wrong with a reply's activations for a cut that sends `tokens` image tokens and
+    question tokens of `width` values each (None: nothing). A payload's header may be
+    consistent and its checksum valid and still lie about the tensor: the shapes are checked
+    against what the cut sends before the server computes with them."""
+    acts, batch = content.acts or {}, content.batch
+    if set(acts) != {"image", "text"} or batch is None:
+        return f"expected image and text activations with their batch, got {sorted(acts)}"
+    b = len(batch.lengths)
+    if max_batch is not None and not 1 <= b <= max_batch:
+        return f"a batch of {b} samples, expected 1 to {max_batch}"
+    image, text = tuple(acts["image"].shape), tuple(acts["text"].shape)
+    if image != (b, tokens, width):
+        return f"image shape {image}, expected {(b, tokens, width)}"
+    longest = int(batch.lengths.max()) if b else 0
+    if len(text) != 3 or text[0] != b or text[2] != width or text[1] < longest or int(batch.lengths.min()) < 1:
+        return f"text shape {text} with question lengths up to {longest}, expected ({b}, >= {longest}, {width})"
+    return None
+
+
 @dataclass
 class RoundRecord:
     round: int
@@ -136,9 +156,30 @@ class Strategy:
         replies = exchange(self.transport, requests, round, step, self.failures, self.log, account)
         if self.observer is not None:
             self.observer.exchanged(round, step, requests, replies)
+        self.check_failures()
+        return replies
+
+    def check_failures(self) -> None:
+        """Past `max-failed-steps` lost client messages the run stops (`RunStopped`)."""
         if len(self.failures) > self.cfg.max_failed_steps:
             raise RunStopped(f"run stopped: {len(self.failures)} client messages failed, more than "
                              f"max-failed-steps = {self.cfg.max_failed_steps}. {describe_failures(self.failures)}")
+
+    def refuse_bad_activations(self, replies: dict[int, Content], round: int, step: int, mtype: str,
+                               max_batch: int | None = None) -> dict[int, Content]:
+        """The replies whose activations are what the cut sends (`activation_problem`); each of
+        the others is a failure of its node, recorded and left out, as a reply that never came."""
+        config = self.server.model.config
+        for node in list(replies):
+            problem = activation_problem(replies[node], config.image_tokens, config.lm_hidden, max_batch)
+            if problem is None:
+                continue
+            del replies[node]
+            failure = Failure(round, step, self.transport.partitions.get(node, -1), mtype,
+                              f"activations refused: {problem}")
+            self.failures.append(failure)
+            self.log(f"round {round} step {step}: partition {failure.partition} dropped ({mtype}: {failure.reason})")
+        self.check_failures()
         return replies
 
     def sample(self) -> list[Client]:
@@ -165,6 +206,7 @@ class Strategy:
         # 1. each client sends its next batch's activations (the gradient of its last step
         #    rides down with this request and is applied first: see `Outbox`)
         replies = self.exchange({c.node_id: self.outbox.request(c.node_id, wire.STEP) for c in clients}, rnd, step)
+        replies = self.refuse_bad_activations(replies, rnd, step, wire.STEP, self.client_batch)
         if not replies:
             return None
         batches = {node: content.batch for node, content in replies.items()}
@@ -221,7 +263,7 @@ class Strategy:
         delivered first) and `server`, scored where the labels are."""
         requests = {c.node_id: self.outbox.request(c.node_id, wire.EVAL) for c in self.clients
                     if self.transport.is_free(c.node_id)}
-        replies = self.exchange(requests, round, -1)
+        replies = self.refuse_bad_activations(self.exchange(requests, round, -1), round, -1, wire.EVAL)
         predicted = {node: (server.predict([Activations(c.acts, c.batch.lengths)])[0], c.batch)
                      for node, c in replies.items()}
         scores = self.labels.scores(predicted, lambda requests: self.exchange(requests, round, -1),

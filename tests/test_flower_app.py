@@ -90,6 +90,20 @@ def test_a_reply_that_never_comes_is_dropped_and_the_run_finishes(link, tmp_path
     assert summary["failures"][0]["partition"] == 1
 
 
+def test_a_hostile_client_is_refused_and_the_run_goes_on(link, tmp_path):
+    """Partition 1 sends step-2 activations whose header lies about their shape (the codes of a
+    32 x 4 x 16 tensor under a 32 x 64 header: consistent, with a valid checksum): the server
+    refuses that step of that client, records it, and the run, and its server process, go on."""
+    result, out = run(link, tmp_path, fault="lie:1:1:2")
+    assert result.ok, result.describe()
+    summary, ledger, metrics = results(out)
+    assert [(f["partition"], f["round"], f["step"], f["message_type"]) for f in summary["failures"]] == \
+        [(1, 1, 2, "train.step")]
+    assert "activations refused: image shape (32, 64), expected (32, 4, 16)" in summary["failures"][0]["reason"]
+    assert math.isfinite(summary["accuracy"]) and int(metrics[0]["failures"]) == 1
+    assert any(r["client"] == "1" and int(r["step"]) > 2 and r["kind"] == "activations" for r in ledger)
+
+
 def test_a_clientapp_worker_killed_mid_run_is_replaced_and_the_run_finishes(link, tmp_path):
     """The `kill` fault SIGKILLs partition 1's ClientApp worker (its Ray actor's process) in
     the middle of step 2, as Ray's memory monitor would. Flower alone puts the dead actor back

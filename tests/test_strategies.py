@@ -367,3 +367,34 @@ def test_a_round_shows_its_progress_with_an_eta(monkeypatch):
     assert progress and progress[0].startswith("round 1/1: step 1/") and "s left in the round" in progress[0]
     total = int(progress[0].split("step 1/")[1].split(",")[0])
     assert len(progress) == total and "s left" not in progress[-1]
+
+
+def test_activations_whose_header_lies_are_refused_and_the_run_goes_on():
+    """The `lie` fault: partition 1's step-2 activations claim another shape with as many
+    elements (a consistent payload, a valid checksum); the server refuses them before it
+    computes, records the failure, and trains on with the other client."""
+    report, _ = run_in_process({"preset": "tiny", "base": "none", "num-rounds": 1, "test-fraction": 0.85,
+                                "public-fraction": 0.05, "fault": "lie:1:1:2"})
+    assert [(f.partition, f.round, f.step, f.message_type) for f in report.failures] == [(1, 1, 2, "train.step")]
+    assert "activations refused: image shape (32, 64), expected (32, 4, 16)" in report.failures[0].reason
+    assert math.isfinite(report.rounds[-1].accuracy) and report.rounds[-1].failures == 1
+    up = [r for r in report.ledger.rows if r.kind == "activations" and r.client == 1 and r.step == 2]
+    assert up  # the refused bytes crossed, and are counted
+
+
+def test_activation_shapes_are_checked_against_the_cut():
+    from sltestbed.quantizers import Field, Payload
+    from sltestbed.wire import Batch, Content
+    from strategies.strategy import activation_problem
+
+    def payload(*shape):
+        return Payload("fp32", 32, shape, (Field(torch.zeros(shape).reshape(-1), 32),))
+
+    lengths = torch.tensor([3, 5])
+    good = Content(acts={"image": payload(2, 4, 16), "text": payload(2, 5, 16)}, batch=Batch(lengths))
+    assert activation_problem(good, 4, 16, 2) is None
+    assert "a batch of 2 samples, expected 1 to 1" in activation_problem(good, 4, 16, 1)
+    short = Content(acts={"image": payload(2, 4, 16), "text": payload(2, 4, 16)}, batch=Batch(lengths))
+    assert "question lengths up to 5" in activation_problem(short, 4, 16)
+    assert "expected image and text" in activation_problem(Content(acts={"image": payload(2, 4, 16)},
+                                                                   batch=Batch(lengths)), 4, 16)
