@@ -19,7 +19,7 @@ import torch
 from . import calibration, wire
 from .base_model import build_model
 from .experiment import ExperimentConfig
-from .averaging import model_weights
+from .averaging import load_trained, model_weights
 from .label_protocol import label_protocol
 from .model import MODALITIES, ClientPart
 from .quantizers import Payload
@@ -147,8 +147,9 @@ class ClientNode:
         return Content(loss=LossReply(loss, grad, wrt))
 
     def _part(self, request: Content, hooks: FaultHooks) -> Content:
+        """The client part's weights that train (the frozen rest is every party's base)."""
         self.receive(request)
-        return Content(part=self.role.part_state())
+        return Content(part=self.role.trainable_state())
 
     def _evaluate(self, request: Content, hooks: FaultHooks) -> Content:
         self.receive(request)
@@ -166,15 +167,15 @@ class ClientNode:
         """FedAvg baseline: the whole model, trained here on the local partition."""
         cfg, meta = self.cfg, request.meta
         model = self.model(cfg, meta.base)
-        model.load_weights(request.part)
+        load_trained(model, request.part)
         stage = Stage("local", cfg.modules, cfg.local_epochs, cfg.lr)
         losses = train_stage(model, model, self.train, stage, meta.batch_size, cfg.seed + meta.round, progress=False)
-        return Content(part=model_weights(model), meta=LocalResult(len(self.train), float(losses[-1])))
+        return Content(part=model_weights(model, cfg.modules), meta=LocalResult(len(self.train), float(losses[-1])))
 
     def _evaluate_local(self, request: Content, hooks: FaultHooks) -> Content:
         """FedAvg baseline: the global model on this node's test shard."""
         model = self.model(self.cfg, request.meta.base)
-        model.load_weights(request.part)
+        load_trained(model, request.part)
         model.eval()
         test = self.test
         with torch.no_grad():

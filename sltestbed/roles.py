@@ -31,6 +31,7 @@ from torch import nn
 from .compute import CPU, Compute, to_host
 from .model import MODALITIES, ClientPart, HeadPart, ServerPart, TinyLlava
 from .quantizers import GRADIENT_SCHEMES, Payload, build_quantizer, dequantize
+from .averaging import load_trained
 from .trainer import OptimConfig, TensorData, set_trainable
 
 
@@ -276,12 +277,13 @@ class ClientRole:
 
 
 def load_client_state(model: TinyLlava, part: ClientPart, state: dict[str, torch.Tensor]) -> None:
-    """Load a client's weights (`ClientRole.part_state`: the client part, and the head's head.*
-    where it has one) into `part` of `model`."""
+    """Load a client's weights (`ClientRole.part_state`, or what trains of it as the protocol
+    moves it, `trainable_state`: the client part, and the head's head.* where it has one) into
+    `part` of `model`; weights the state does not hold keep their values (the base's)."""
     head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
-    part.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
+    load_trained(part, {k: v for k, v in state.items() if not k.startswith("head.")})
     if head:
-        HeadPart(model).load_state_dict(head)
+        load_trained(HeadPart(model), head)
 
 
 class ServerRole:

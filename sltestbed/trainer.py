@@ -74,20 +74,30 @@ def module_group(model: TinyLlava, group: str) -> list[nn.Module]:
     }[group]
 
 
-def set_trainable(model: TinyLlava, groups) -> list[nn.Parameter]:
-    """Only `groups` train; in a group with LoRA adapters (model config `lora_parts`), only
-    the adapters."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+def trainable_parameters(model: TinyLlava, groups) -> list[nn.Parameter]:
+    """The parameters that train when `groups` do: theirs, and in a group with LoRA adapters
+    (model config `lora_parts`) only the adapters."""
     adapted = model.config.lora_part_names if model.config.lora_rank else ()
     params = []
     for group in groups:
         for module in module_group(model, group):
-            for name, p in module.named_parameters():
-                if group in adapted and not is_adapter(f".{name}"):
-                    continue
-                p.requires_grad_(True)
-                params.append(p)
+            params += [p for name, p in module.named_parameters() if group not in adapted or is_adapter(f".{name}")]
+    return params
+
+
+def trained_weights(model: TinyLlava, groups) -> dict[str, torch.Tensor]:
+    """The model's weights that train when `groups` do, by name (what averaging moves)."""
+    trained = {id(p) for p in trainable_parameters(model, groups)}
+    return {name: p.detach() for name, p in model.named_parameters() if id(p) in trained}
+
+
+def set_trainable(model: TinyLlava, groups) -> list[nn.Parameter]:
+    """Only `groups` train (`trainable_parameters`); everything else is frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = trainable_parameters(model, groups)
+    for p in params:
+        p.requires_grad_(True)
     return params
 
 

@@ -5,7 +5,7 @@ ways each round, no activations: the communication comparison split learning is 
 from __future__ import annotations
 
 from sltestbed import wire
-from sltestbed.averaging import fedavg, model_weights
+from sltestbed.averaging import fedavg, load_trained, model_weights
 from sltestbed.scoring import Scores
 from sltestbed.wire import Content
 
@@ -21,7 +21,7 @@ class FedAvgStrategy(Strategy):
         self.model = setup.new_model()
 
     def _with_model(self, mtype: str) -> tuple[str, Content]:
-        return mtype, Content(part=model_weights(self.model))
+        return mtype, Content(part=model_weights(self.model, self.cfg.modules))
 
     def train_round(self, rnd: int) -> dict:
         replies = self.exchange({c.node_id: self._with_model(wire.LOCAL) for c in self.sample()}, rnd, 0)
@@ -29,7 +29,7 @@ class FedAvgStrategy(Strategy):
             return {"loss": float("nan")}
         results = [c.meta for c in replies.values()]
         weights = [float(r.num_examples) for r in results]
-        self.model.load_weights(fedavg([c.part for c in replies.values()], weights))
+        load_trained(self.model, fedavg([c.part for c in replies.values()], weights))
         return {"loss": sum(r.loss * w for r, w in zip(results, weights)) / sum(weights)}
 
     def trained_model(self):

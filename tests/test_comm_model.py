@@ -57,8 +57,9 @@ def _workload(preset):
     cfg = ExperimentConfig.from_run_config({**RUN, "preset": preset})
     model = build_model(cfg, None, vocab_size(cfg))
     data = client_data(cfg, 0, 2)[0]
-    workload = cut_workload(model, data.pixel_values[:1], data.input_ids[:1], cfg.cut)
-    assert workload.fedavg_params == sum(v.numel() for v in model_weights(model).values())
+    workload = cut_workload(model, data.pixel_values[:1], data.input_ids[:1], cfg.cut, cfg.modules)
+    assert workload.fedavg_params == sum(v.numel() for v in model_weights(model, cfg.modules).values())
+    assert workload.fedavg_params < sum(v.numel() for v in model_weights(model).values())  # the tower is frozen
     return cfg, workload, [len(client_data(cfg, k, 2)[0]) for k in range(2)]
 
 

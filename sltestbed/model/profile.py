@@ -7,7 +7,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..comm_model import Workload
-from ..averaging import model_weights
 from ..label_protocol import LABELS, label_protocol
 from .split import ClientPart, parse_cut
 from .tinyllava import TinyLlava
@@ -47,16 +46,21 @@ def cut_profile(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.T
 
 @torch.no_grad()
 def cut_workload(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                 cut: str = "connector") -> Workload:
-    """What this model and cut put on the link, for the communication model: the client
-    part's state as the protocol moves it (`ClientPart.state_dict()`, quantizer encoders
-    included), the whole model's weights as FedAvg moves them (`sltestbed.averaging.model_weights`:
-    all but the quantizers), and per modality the elements per sample at the cut for this
-    batch (one label per sample)."""
+                 cut: str = "connector", trains=("vision", "connector", "quantizers", "lm")) -> Workload:
+    """What this model and cut put on the link, for the communication model, when the module
+    groups `trains` train: the client part's weights as the protocol moves them (those that
+    train, quantizer encoders included), the whole model's as FedAvg moves them
+    (`sltestbed.averaging.model_weights`: those that train but the quantizers), and per
+    modality the elements per sample at the cut for this batch (one label per sample)."""
+    from ..averaging import model_weights  # here: the trainer imports the model package
+    from ..trainer import trainable_parameters
+
     client = ClientPart(model, parse_cut(cut, model.num_lm_layers))
     feats = client.features(pixel_values[:1], input_ids[:1])
-    client_state = sum(v.numel() for v in client.state_dict().values())
-    whole = sum(v.numel() for v in model_weights(model).values())
+    trains_ids = {id(p) for p in trainable_parameters(model, trains)}
+    frozen = {name for name, p in client.named_parameters() if id(p) not in trains_ids}
+    client_state = sum(v.numel() for k, v in client.state_dict().items() if k not in frozen)  # as trainable_state
+    whole = sum(v.numel() for v in model_weights(model, trains).values())
     return Workload(client_state, whole, {m: x[0].numel() for m, x in feats.items()}, label_elements=1)
 
 
