@@ -106,12 +106,14 @@ class InProcessTransport(MessageTransport):
             client_app._CACHE.pop((self.run_id, node), None)
 
 
-def run_in_process(run_config: dict, num_supernodes: int = 2, log=lambda message: None, **transport_options):
+def run_in_process(run_config: dict, num_supernodes: int = 2, log=lambda message: None, scalars=None,
+                   **transport_options):
     """The whole server side of one experiment in this process: set-up, the strategy's run.
-    Returns (RunReport, transport). `run_config`: run-config keys as in `flwr run`."""
+    Returns (RunReport, transport). `run_config`: run-config keys as in `flwr run`;
+    `scalars`: a TensorBoard-style writer for the per-step and per-round figures."""
     config = ExperimentConfig.from_run_config(run_config)
     transport = InProcessTransport(run_config, num_supernodes, **transport_options)
     try:
-        return run_strategy(config, transport, log), transport
+        return run_strategy(config, transport, log, scalars), transport
     finally:
         transport.stop()

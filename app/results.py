@@ -25,6 +25,16 @@ def output_directory(cfg: ExperimentConfig) -> str:
     return os.path.join(base, cfg.name)
 
 
+def scalar_writer(cfg: ExperimentConfig, directory: str):
+    """With `tensorboard` set, a TensorBoard writer into <run>/tensorboard (`tensorboard
+    --logdir <output-dir>` shows every run); else None."""
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(directory, "tensorboard"))
+
+
 class RunDirectoryTaken(ValueError):
     """A run directory holds the results of another config."""
 

@@ -16,7 +16,7 @@ from sltestbed.experiment import ExperimentConfig
 from strategies import run_strategy
 
 from .actor_pool import replace_dead_actors
-from .results import check_run_directory, output_directory, summary_table, write_results
+from .results import check_run_directory, output_directory, scalar_writer, summary_table, write_results
 from .grid_transport import GridTransport
 
 app = ServerApp()
@@ -36,6 +36,11 @@ def main(grid: Grid, context: Context) -> None:
         log(f"{directory} holds a run of this same config: its results will be replaced")
     if type(grid).__name__ == "InMemoryGrid":  # a simulation: this process runs the ClientApps' actor pool
         replace_dead_actors(log)
-    report = run_strategy(cfg, GridTransport(grid, cfg), log)
+    scalars = scalar_writer(cfg, directory)
+    try:
+        report = run_strategy(cfg, GridTransport(grid, cfg), log, scalars)
+    finally:
+        if scalars is not None:
+            scalars.close()
     summary = write_results(directory, report, time.perf_counter() - started)
     print(summary_table(summary, directory), flush=True)

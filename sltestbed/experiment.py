@@ -21,7 +21,7 @@ from .trainer import MODULE_GROUPS
 
 HF_DATASET_KEYS = ("dataset_split", "image_column", "question_column", "answer_column", "type_column", "max_samples")
 # Run-config keys that say where a run's files go, not what it computes
-LOCATION_KEYS = ("output-dir", "run-name", "cache-dir")
+LOCATION_KEYS = ("output-dir", "run-name", "cache-dir", "tensorboard")  # tensorboard: which files, not what is computed
 
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
 ATTACKS = ("none", "inversion", "all")  # after training: none; lookups, code classifier, decoders, tokens, labels; and optimisation
@@ -90,6 +90,7 @@ class ExperimentConfig:
     public_size: int = 300  # images of the public slice the attacker knows (drawn from the public pool)
     attack_samples: int = 512  # training samples the server keeps for the attacks (whole batches, seeded)
     attack_steps: int = 1500  # the decoders' most optimizer steps (the same at every width)
+    tensorboard: bool = False  # per-step and per-round figures for TensorBoard in <run>/tensorboard
     output_dir: str = "results"
     run_name: str = ""
     cache_dir: str = CACHE_DIR
@@ -202,6 +203,12 @@ class ExperimentConfig:
                 raise ValueError("run config 'lora-targets' names no layer (e.g. 'q_proj,v_proj')")
             for part in (t.strip() for t in self.lora_parts.split(",") if t.strip()):
                 choose("lora-parts", part, ("lm", "vision"))
+        if self.tensorboard:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ValueError("run config 'tensorboard' = true needs the tensorboard package: "
+                                 "pip install 'sltestbed[tensorboard]'")
         check_device(self.device)
         choose("precision", self.precision, PRECISIONS)
         at_least("benchmark-roundtrips", self.benchmark_roundtrips, 0)

@@ -21,6 +21,9 @@ def make_strategy(setup: RunSetup, transport, log=print):
     return cls(setup, transport, log)
 
 
-def run_strategy(cfg, transport, log=print):
-    """Set-up, then the strategy's run: the whole server side of one experiment."""
-    return make_strategy(prepare_run(cfg, transport, log), transport, log).run()
+def run_strategy(cfg, transport, log=print, scalars=None):
+    """Set-up, then the strategy's run: the whole server side of one experiment. `scalars`: a
+    writer with `add_scalar(tag, value, step)` (TensorBoard's) for per-step and per-round figures."""
+    strategy = make_strategy(prepare_run(cfg, transport, log), transport, log)
+    strategy.scalars = scalars
+    return strategy.run()

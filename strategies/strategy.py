@@ -139,6 +139,8 @@ class Strategy:
         self.observer: Observer | None = None  # with attack != none: watches every exchange (`run`)
         self.parts_seen: dict[int, dict] = {}  # node -> the last client weights it sent the server
         self.progress: dict | None = None  # this round's steps, samples and loss so far (the progress lines)
+        self.scalars = None  # a writer with add_scalar(tag, value, step), e.g. TensorBoard's (run_strategy)
+        self.steps_done = 0  # split steps so far, all rounds: the per-step figures' x
 
     # --- messages ---------------------------------------------------------------------------
     def meta(self, round: int, step: int) -> StepMeta:
@@ -231,6 +233,10 @@ class Strategy:
             self.outbox.grads.update({n: g for n, g in zip(nodes, grads) if g is not None})
         self.step_seconds.append(time.perf_counter() - started)
         self._progress(rnd, total / samples if samples else None, samples)
+        self.steps_done += 1
+        if self.scalars is not None and samples:
+            self.scalars.add_scalar("step/loss", total / samples, self.steps_done)
+            self.scalars.add_scalar("step/samples", samples, self.steps_done)
         return total / samples if samples else None
 
     def collect_parts(self, rnd: int, clients: list[Client], protocol: bool = True,
@@ -333,6 +339,11 @@ class Strategy:
                                  sum(r.serialized_bytes for r in rows if r.direction == "down"),
                                  self.transport.round_trips - trips, len(self.failures) - fails, time.perf_counter() - t0)
             self.rounds.append(record)
+            if self.scalars is not None:
+                for name in ("loss", "accuracy", "bytes_up", "bytes_down", "round_trips", "failures", "seconds"):
+                    self.scalars.add_scalar(f"round/{name}", getattr(record, name), rnd)
+                for qtype, value in record.accuracy_by_type.items():
+                    self.scalars.add_scalar(f"round/accuracy_{qtype}", value, rnd)
             self.log(f"round {rnd}/{self.cfg.num_rounds}: loss {record.loss:.4f}, accuracy {record.accuracy:.4f}, "
                      f"{record.bytes_up:,} B up, {record.bytes_down:,} B down, {record.round_trips} round trips, "
                      f"{record.failures} failures, {record.seconds:.1f} s")

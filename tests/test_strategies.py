@@ -398,3 +398,27 @@ def test_activation_shapes_are_checked_against_the_cut():
     assert "question lengths up to 5" in activation_problem(short, 4, 16)
     assert "expected image and text" in activation_problem(Content(acts={"image": payload(2, 4, 16)},
                                                                    batch=Batch(lengths)), 4, 16)
+
+
+def test_tensorboard_gets_every_step_and_round(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from app.results import scalar_writer
+
+    keys = {"preset": "tiny", "base": "none", "num-rounds": 2, "test-fraction": 0.85, "public-fraction": 0.05,
+            "tensorboard": True}
+    writer = scalar_writer(ExperimentConfig.from_run_config(keys), str(tmp_path))
+    report, _ = run_in_process(keys, scalars=writer)
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    accuracy = [e.value for e in events.Scalars("round/accuracy")]
+    assert accuracy == pytest.approx([r.accuracy for r in report.rounds])
+    assert [e.value for e in events.Scalars("round/bytes_up")] == [r.bytes_up for r in report.rounds]
+    steps = events.Scalars("step/loss")
+    assert [e.step for e in steps] == list(range(1, len(steps) + 1)) and len(steps) % 2 == 0
+    per_round = len(steps) // 2  # the round's loss is the mean of its steps'
+    for k, record in enumerate(report.rounds):
+        mean = sum(e.value for e in steps[k * per_round:(k + 1) * per_round]) / per_round
+        assert mean == pytest.approx(record.loss, rel=1e-5)
+    assert scalar_writer(ExperimentConfig.from_run_config({}), str(tmp_path)) is None  # off by default
