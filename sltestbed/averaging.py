@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .trainer import MODULE_GROUPS, trained_weights
+from .model.groups import MODULE_GROUPS, trained_weights
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:

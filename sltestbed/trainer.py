@@ -13,10 +13,9 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .model import TinyLlava
-from .model.lora import is_adapter
+from .model.groups import MODULE_GROUPS, trainable_parameters
 from .scoring import Scores
 
-MODULE_GROUPS = ("vision", "connector", "quantizers", "lm")
 
 
 @dataclass(frozen=True)
@@ -65,30 +64,6 @@ def stage_regime(name: str, epochs: int, lr: float) -> list[Stage]:
         return [Stage("align", ("connector", "quantizers"), first, lr, warmup=0.02),
                 Stage("finetune", ("connector", "quantizers", "lm"), epochs - first, lr / 4, warmup=0.03)]
     raise ValueError(f"unknown stage regime {name!r}: choose 'full' or 'two-stage'")
-
-
-def module_group(model: TinyLlava, group: str) -> list[nn.Module]:
-    return {
-        "vision": [model.vision], "connector": [model.connector],
-        "quantizers": [model.quant_encoders, model.quant_decoders], "lm": [model.lm],
-    }[group]
-
-
-def trainable_parameters(model: TinyLlava, groups) -> list[nn.Parameter]:
-    """The parameters that train when `groups` do: theirs, and in a group with LoRA adapters
-    (model config `lora_parts`) only the adapters."""
-    adapted = model.config.lora_part_names if model.config.lora_rank else ()
-    params = []
-    for group in groups:
-        for module in module_group(model, group):
-            params += [p for name, p in module.named_parameters() if group not in adapted or is_adapter(f".{name}")]
-    return params
-
-
-def trained_weights(model: TinyLlava, groups) -> dict[str, torch.Tensor]:
-    """The model's weights that train when `groups` do, by name (what averaging moves)."""
-    trained = {id(p) for p in trainable_parameters(model, groups)}
-    return {name: p.detach() for name, p in model.named_parameters() if id(p) in trained}
 
 
 def set_trainable(model: TinyLlava, groups) -> list[nn.Parameter]:

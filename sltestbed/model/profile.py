@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..comm_model import Workload
 from ..label_protocol import LABELS, label_protocol
+from .groups import trainable_parameters, trained_weights
 from .split import ClientPart, parse_cut
 from .tinyllava import TinyLlava
 
@@ -52,15 +53,12 @@ def cut_workload(model: TinyLlava, pixel_values: torch.Tensor, input_ids: torch.
     train, quantizer encoders included), the whole model's as FedAvg moves them
     (`sltestbed.averaging.model_weights`: those that train but the quantizers), and per
     modality the elements per sample at the cut for this batch (one label per sample)."""
-    from ..averaging import model_weights  # here: the trainer imports the model package
-    from ..trainer import trainable_parameters
-
     client = ClientPart(model, parse_cut(cut, model.num_lm_layers))
     feats = client.features(pixel_values[:1], input_ids[:1])
     trains_ids = {id(p) for p in trainable_parameters(model, trains)}
     frozen = {name for name, p in client.named_parameters() if id(p) not in trains_ids}
     client_state = sum(v.numel() for k, v in client.state_dict().items() if k not in frozen)  # as trainable_state
-    whole = sum(v.numel() for v in model_weights(model, trains).values())
+    whole = sum(v.numel() for k, v in trained_weights(model, trains).items() if not k.startswith("quant_"))
     return Workload(client_state, whole, {m: x[0].numel() for m, x in feats.items()}, label_elements=1)
 
 
