@@ -6,8 +6,8 @@ reconstructions.npz; each written as PNG (150 dpi) and PDF by `plots._save`.
   as lines; without a "best", a row per image attack), then the information ceiling (bits per
   image crossing, the class's bits and the image's entropy as lines) beside each attack's
   attack accuracy, and a row for the text and label attacks; a curve per quantizer (and per
-  strategy, settings, labels mode where they differ), solid at the public-base level, dashed
-  private-base, dotted white-box; bars: 95% Student t intervals over seeds.
+  strategy, settings, labels mode where they differ), solid at the public-base level, dash-dot
+  trained-quantizer, dashed private-base, dotted white-box; bars: 95% Student t intervals over seeds.
 - `reconstructions`: the same observed training images (first row) reconstructed by one
   attack at the strongest level below white-box at each width (a row each), from one seed.
 - `tradeoff`: task accuracy against leakage (the best attack), the bytes a width sends up per training sample
@@ -92,6 +92,7 @@ def _colours(curves) -> dict:
 
 
 LINE_STYLES = {"public-base": "-", "trained-quantizer": "-.", "private-base": "--", "white-box": ":"}
+STYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}  # as the legends say them
 
 
 def _style(level: str):
@@ -222,7 +223,8 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
         for ax in axes[0]:
             ax.set_axis_off()
     fig.suptitle(plots._title(f"Leakage vs bits at the cut ({_task(table, runs)};\na point: mean over seeds, "
-                              "bars: 95% t CI; solid: public-base, dashed: private-base, dotted: white-box)", note))
+                              "bars: 95% t CI; " + ", ".join(f"{STYLE_NAMES[LINE_STYLES[lv]]}: {lv}"
+                                                                for lv in LINE_STYLES) + ")", note))
     return plots._save(fig, Path(out_dir), "privacy_vs_bits")
 
 
@@ -423,7 +425,8 @@ def _point_label(row) -> str:
 def tradeoff(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: str = "",
              attack: str = "best") -> list[Path]:
     """Task accuracy (y) against the leakage of `attack` (x), a point per width at each
-    knowledge level (filled, solid: public-base; hollow: private-base dashed, white-box dotted),
+    knowledge level (filled, solid: public-base; hollow: trained-quantizer dash-dot, private-base
+    dashed, white-box dotted),
     labelled with its bits,
     coloured by the activation bytes it sends up per training sample (log colour scale), with
     95% t intervals over seeds on both axes. The left panel's leakage is attack accuracy
@@ -498,7 +501,7 @@ def tradeoff(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: str = ""
     if (rows.level != "public-base").any():
         for level in [lv for lv in LINE_STYLES if (rows.level == lv).any()]:
             filled = level == "public-base"
-            style = {"-": "solid", "--": "dashed", ":": "dotted"}[LINE_STYLES[level]]
+            style = STYLE_NAMES[LINE_STYLES[level]]
             handles.append(matplotlib.lines.Line2D(
                 [], [], marker="o", color="0.55", linestyle=LINE_STYLES[level],
                 markerfacecolor="0.55" if filled else "none", markeredgecolor="black" if filled else "0.3",

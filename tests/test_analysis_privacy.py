@@ -502,3 +502,11 @@ def test_without_privacy_the_command_writes_no_privacy_outputs(tmp_path, capsys)
     assert (tmp_path / "out" / "comm_table.csv").is_file()
     assert not list((tmp_path / "out").glob("privacy*")) and not (tmp_path / "out" / "tradeoff.png").exists()
     assert "Leakage" not in capsys.readouterr().out
+
+
+def test_every_knowledge_level_has_a_line_style_with_a_name():
+    from analysis.privacy import LEVELS
+
+    assert set(privacy_plots.LINE_STYLES) == set(LEVELS)
+    assert set(privacy_plots.LINE_STYLES.values()) <= set(privacy_plots.STYLE_NAMES)
+    assert len(set(privacy_plots.LINE_STYLES.values())) == len(LEVELS)  # one style a level
