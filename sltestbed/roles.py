@@ -300,6 +300,11 @@ class ServerRole:
         self.logits = None
         self.steps = 0
 
+    @property
+    def cut_shape(self) -> tuple[int, int]:
+        """(image tokens, values per token) of the activations this server part takes."""
+        return self.model.config.image_tokens, self.model.lm_hidden
+
     def forward(self, inputs: list[Activations]) -> list[torch.Tensor]:
         """Every client's activations in one batch, one forward; returns each client's logits
         slice (the graph is kept for the backward)."""

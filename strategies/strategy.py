@@ -167,13 +167,14 @@ class Strategy:
             raise RunStopped(f"run stopped: {len(self.failures)} client messages failed, more than "
                              f"max-failed-steps = {self.cfg.max_failed_steps}. {describe_failures(self.failures)}")
 
-    def refuse_bad_activations(self, replies: dict[int, Content], round: int, step: int, mtype: str,
+    def refuse_bad_activations(self, replies: dict[int, Content], round: int, step: int, mtype: str, server_of,
                                max_batch: int | None = None) -> dict[int, Content]:
-        """The replies whose activations are what the cut sends (`activation_problem`); each of
-        the others is a failure of its node, recorded and left out, as a reply that never came."""
-        config = self.server.model.config
+        """The replies whose activations are what the cut sends (`activation_problem`, against
+        the `cut_shape` of the server role `server_of(node)` they go to); each of the others is
+        a failure of its node, recorded and left out, as a reply that never came."""
         for node in list(replies):
-            problem = activation_problem(replies[node], config.image_tokens, config.lm_hidden, max_batch)
+            shape = getattr(server_of(node), "cut_shape", None)
+            problem = None if shape is None else activation_problem(replies[node], *shape, max_batch)
             if problem is None:
                 continue
             del replies[node]
@@ -208,7 +209,7 @@ class Strategy:
         # 1. each client sends its next batch's activations (the gradient of its last step
         #    rides down with this request and is applied first: see `Outbox`)
         replies = self.exchange({c.node_id: self.outbox.request(c.node_id, wire.STEP) for c in clients}, rnd, step)
-        replies = self.refuse_bad_activations(replies, rnd, step, wire.STEP, self.client_batch)
+        replies = self.refuse_bad_activations(replies, rnd, step, wire.STEP, server_of, self.client_batch)
         if not replies:
             return None
         batches = {node: content.batch for node, content in replies.items()}
@@ -269,7 +270,8 @@ class Strategy:
         delivered first) and `server`, scored where the labels are."""
         requests = {c.node_id: self.outbox.request(c.node_id, wire.EVAL) for c in self.clients
                     if self.transport.is_free(c.node_id)}
-        replies = self.refuse_bad_activations(self.exchange(requests, round, -1), round, -1, wire.EVAL)
+        replies = self.refuse_bad_activations(self.exchange(requests, round, -1), round, -1, wire.EVAL,
+                                              lambda node: server)
         predicted = {node: (server.predict([Activations(c.acts, c.batch.lengths)])[0], c.batch)
                      for node, c in replies.items()}
         scores = self.labels.scores(predicted, lambda requests: self.exchange(requests, round, -1),
