@@ -221,28 +221,27 @@ class ClientRole:
         return Activations({m: o.payload.to("cpu") for m, o in outs.items()}, batch["lengths"]), batch
 
     # --- state ----------------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What of `part_state` can change in training: the trainable parameters and the
-        buffers (the frozen parameters stay the base's, from which every role is built)."""
-        state = {}
+    def _trainable_tensors(self) -> dict[str, torch.Tensor]:
+        """What of `part_state` can change in training, uncopied: the trainable parameters and
+        the buffers (the frozen parameters stay the base's, from which every role is built)."""
+        tensors = {}
         for prefix, module in (("", self.part), ("head.", self.head)):
             if module is None:
                 continue
             frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
-            state.update({f"{prefix}{k}": to_host(v) for k, v in module.state_dict().items() if k not in frozen})
-        return state
+            tensors.update({f"{prefix}{k}": v for k, v in module.state_dict().items() if k not in frozen})
+        return tensors
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What of `part_state` can change in training (`_trainable_tensors`), copied to the CPU."""
+        return {k: to_host(v) for k, v in self._trainable_tensors().items()}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a `trainable_state` (ValueError on a tensor this role does not train)."""
-        own = self.trainable_state().keys()
-        stray = sorted(set(state) - set(own))
+        stray = sorted(set(state) - set(self._trainable_tensors()))
         if stray:
             raise ValueError(f"the saved state holds tensors this role does not train: {stray[:3]}")
-        head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
-        self.part.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
-        if head:
-            self.head.load_state_dict(head, strict=False)
-        self.revision += 1
+        self.load_part_state(state)
 
     def state_bytes(self) -> bytes:
         """The node state: what trains (`trainable_state`), the optimizers, the batch cursor,

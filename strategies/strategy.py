@@ -31,7 +31,7 @@ from sltestbed.privacy.after_training import attack_run
 from .benchmark import roundtrip_benchmark
 from .observer import Observer
 from .setup import Client, RunSetup
-from .transport import Failure, Transport, exchange
+from .transport import Failure, Transport, exchange, record_failure
 
 PROGRESS_SECONDS = 10.0  # within a round, a progress line at most this often
 
@@ -140,7 +140,6 @@ class Strategy:
         self.parts_seen: dict[int, dict] = {}  # node -> the last client weights it sent the server
         self.progress: dict | None = None  # this round's steps, samples and loss so far (the progress lines)
         self.scalars = None  # a writer with add_scalar(tag, value, step), e.g. TensorBoard's (run_strategy)
-        self.steps_done = 0  # split steps so far, all rounds: the per-step figures' x
 
     # --- messages ---------------------------------------------------------------------------
     def meta(self, round: int, step: int) -> StepMeta:
@@ -178,10 +177,8 @@ class Strategy:
             if problem is None:
                 continue
             del replies[node]
-            failure = Failure(round, step, self.transport.partitions.get(node, -1), mtype,
-                              f"activations refused: {problem}")
-            self.failures.append(failure)
-            self.log(f"round {round} step {step}: partition {failure.partition} dropped ({mtype}: {failure.reason})")
+            record_failure(self.transport, self.failures, round, step, node, mtype, f"activations refused: {problem}",
+                           self.log)
         self.check_failures()
         return replies
 
@@ -234,10 +231,9 @@ class Strategy:
             self.outbox.grads.update({n: g for n, g in zip(nodes, grads) if g is not None})
         self.step_seconds.append(time.perf_counter() - started)
         self._progress(rnd, total / samples if samples else None, samples)
-        self.steps_done += 1
-        if self.scalars is not None and samples:
-            self.scalars.add_scalar("step/loss", total / samples, self.steps_done)
-            self.scalars.add_scalar("step/samples", samples, self.steps_done)
+        if self.scalars is not None and samples:  # x: the split steps so far, all rounds
+            self.scalars.add_scalar("step/loss", total / samples, len(self.step_seconds))
+            self.scalars.add_scalar("step/samples", samples, len(self.step_seconds))
         return total / samples if samples else None
 
     def collect_parts(self, rnd: int, clients: list[Client], protocol: bool = True,

@@ -58,6 +58,14 @@ class Failure:
     reason: str
 
 
+def record_failure(transport: Transport, failures: list[Failure], round: int, step: int, node: int, mtype: str,
+                   reason: str, log=print) -> None:
+    """`node` is left out of this exchange: recorded in `failures` (by partition) and logged."""
+    failure = Failure(round, step, transport.partitions.get(node, -1), mtype, reason)
+    failures.append(failure)
+    log(f"round {round} step {step}: partition {failure.partition} dropped ({mtype}: {reason})")
+
+
 def exchange(transport: Transport, requests: dict[int, tuple[str, Content]], round: int, step: int,
              failures: list[Failure], log=print, account: bool = True) -> dict[int, Content]:
     """One round trip under the failure rule every strategy follows: a node that fails or stays
@@ -66,7 +74,5 @@ def exchange(transport: Transport, requests: dict[int, tuple[str, Content]], rou
     are joined into one batch (or averaged) changes floating-point sums."""
     result = transport.exchange(requests, round, step, account)
     for node, reason in result.failures.items():
-        failure = Failure(round, step, transport.partitions.get(node, -1), requests[node][0], reason)
-        failures.append(failure)
-        log(f"round {round} step {step}: partition {failure.partition} dropped ({failure.message_type}: {reason})")
+        record_failure(transport, failures, round, step, node, requests[node][0], reason, log)
     return dict(sorted(result.replies.items(), key=lambda kv: (transport.partitions.get(kv[0], -1), kv[0])))
