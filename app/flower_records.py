@@ -15,6 +15,7 @@ transports use these three functions and nothing else touches records.
     score   MetricRecord   correct.<type>, seen.<type> counts                              (config)
     calibration ConfigRecord  {"report": JSON}: per-modality entropy report               (config)
     echo    ConfigRecord   {"echo": bytes}: the round-trip benchmark's filler             (config)
+    state   ConfigRecord   {"state": bytes}: a node's role state, checkpoints only (never accounted)
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ LAYOUT = {
     "part": (lambda v, e: ArrayRecord(OrderedDict((k, t.detach().cpu()) for k, t in v.items())),
              lambda r: dict(r.to_torch_state_dict())),
     "echo": (lambda v, e: ConfigRecord({"echo": v}), lambda r: r["echo"]),
+    "state": (lambda v, e: ConfigRecord({"state": v}), lambda r: r["state"]),
     "score": (lambda v, e: MetricRecord({**{f"correct.{q}": c for q, c in v.correct.items()},
                                          **{f"seen.{q}": n for q, n in v.seen.items()}}), _read_score),
     "calibration": (lambda v, e: ConfigRecord({"report": json.dumps(v)}), lambda r: json.loads(r["report"])),
@@ -165,7 +167,7 @@ def parts(records: RecordDict) -> list[Part]:
             for key, value in record.items():
                 kind = "labels" if key == "labels" else "config"
                 out.append(Part(kind, len(value), 32, _entry_size(name, record, key)))
-        elif name == "echo":  # the benchmark's bare round trip: raw bytes
+        elif name in ("echo", "state"):  # the benchmark's bare round trip, a checkpoint: raw bytes
             for key, value in record.items():
                 out.append(Part("config", len(value), 8, _entry_size(name, record, key)))
         elif name == "part":

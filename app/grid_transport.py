@@ -50,6 +50,13 @@ class MessageTransport(Transport):
         self.warm: set[int] = set()  # nodes that have built their role (answered a step)
         self.outstanding: dict[int, str] = {}  # node -> id of a message whose reply never came
 
+    def checkpoint_state(self) -> dict:
+        return {**super().checkpoint_state(), "messages_sent": self.messages_sent}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        super().load_checkpoint_state(state)
+        self.messages_sent = state["messages_sent"]
+
     @abstractmethod
     def _message(self, content, node: int, mtype: str) -> Message:
         """A request addressed to `node`."""

@@ -107,13 +107,14 @@ class InProcessTransport(MessageTransport):
 
 
 def run_in_process(run_config: dict, num_supernodes: int = 2, log=lambda message: None, scalars=None,
-                   **transport_options):
+                   directory: str | None = None, **transport_options):
     """The whole server side of one experiment in this process: set-up, the strategy's run.
     Returns (RunReport, transport). `run_config`: run-config keys as in `flwr run`;
-    `scalars`: a TensorBoard-style writer for the per-step and per-round figures."""
+    `scalars`: a TensorBoard-style writer for the per-step and per-round figures;
+    `directory`: where checkpoints go and a resumed run finds its own (None: no checkpoints)."""
     config = ExperimentConfig.from_run_config(run_config)
     transport = InProcessTransport(run_config, num_supernodes, **transport_options)
     try:
-        return run_strategy(config, transport, log, scalars), transport
+        return run_strategy(config, transport, log, scalars, directory), transport
     finally:
         transport.stop()

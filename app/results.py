@@ -10,8 +10,8 @@ import platform
 from dataclasses import asdict
 from importlib.metadata import version
 
+from sltestbed.checkpoint_files import checkpoint_about
 from sltestbed.experiment import LOCATION_KEYS, ExperimentConfig
-from sltestbed.privacy import after_training as privacy
 
 PACKAGES = ("flwr", "torch", "transformers", "numpy", "constriction", "sltestbed")
 
@@ -49,7 +49,17 @@ def stored_differences(directory, cfg: ExperimentConfig, supernodes: int | None 
         return None
     with open(path) as f:
         stored = json.load(f)
-    old = {k: v for k, v in stored.get("config", {}).items() if k not in LOCATION_KEYS}
+    diff = config_differences(stored.get("config", {}), cfg)
+    if supernodes is not None and len(stored.get("clients", [])) != supernodes:
+        diff["supernodes"] = (len(stored.get("clients", [])), supernodes)
+    return diff
+
+
+def config_differences(stored: dict, cfg: ExperimentConfig) -> dict:
+    """What differs between a stored run config (hyphenated keys) and `cfg`, key -> (stored,
+    requested); where files go does not count, nor a key the stored run predates that `cfg`
+    leaves at its default."""
+    old = {k: v for k, v in stored.items() if k not in LOCATION_KEYS}
     new, default = cfg.results_config(), ExperimentConfig().results_config()
     diff = {}
     for key in sorted(set(old) | set(new)):
@@ -58,8 +68,6 @@ def stored_differences(directory, cfg: ExperimentConfig, supernodes: int | None 
                 diff[key] = ("(not recorded)", new[key])
         elif old[key] != new.get(key, "(unknown key)"):
             diff[key] = (old[key], new.get(key, "(unknown key)"))
-    if supernodes is not None and len(stored.get("clients", [])) != supernodes:
-        diff["supernodes"] = (len(stored.get("clients", [])), supernodes)
     return diff
 
 
@@ -75,6 +83,11 @@ def check_run_directory(directory, cfg: ExperimentConfig, supernodes: int | None
     if diff:
         raise RunDirectoryTaken(f"{directory} holds a run of another config ({describe(diff)}): "
                                 "choose another output-dir or run-name, or move that run away")
+    about = checkpoint_about(directory)
+    unfinished = {} if about is None else config_differences(about["config"], cfg)
+    if unfinished:
+        raise RunDirectoryTaken(f"{directory} holds the checkpoint of an unfinished run of another config "
+                                f"({describe(unfinished)}): choose another output-dir or run-name, or move it away")
     return diff is not None
 
 
@@ -134,6 +147,8 @@ def write_results(directory: str, report, seconds: float) -> dict:
         "failures": [asdict(f) for f in report.failures],
         "bytes": report.ledger.totals(),
     }
+    if report.resumed_after:
+        summary["resumed_after_round"] = report.resumed_after  # `seconds`: of the resumed part only
     if report.calibration:
         summary["calibration"] = {m: {"bits": b, **{k: [r[m][k] for r in report.calibration["clients"].values()]
                                                     for k in ("entropy_bits", "needed_bits")}}
@@ -141,6 +156,8 @@ def write_results(directory: str, report, seconds: float) -> dict:
     if report.roundtrip:
         summary["roundtrip_benchmark"] = report.roundtrip
     if report.privacy:
+        from sltestbed.privacy import after_training as privacy  # torch: not for the harness's checks
+
         privacy.write(directory, report.privacy, report.privacy_images, report.observation, report.client_state,
                       report.trained_quantizer)
         summary["privacy"] = privacy.summary(report.privacy)

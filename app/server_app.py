@@ -2,7 +2,8 @@
 the results and prints the summary table.
 
     config -> GridTransport(grid) -> prepare_run (splits, base model, discovery, calibration)
-           -> strategy.run() -> RunReport -> results directory
+           -> (resume = true: the run directory's checkpoint restored)
+           -> strategy.run() (a checkpoint after every round) -> RunReport -> results directory
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from sltestbed.experiment import ExperimentConfig
-from strategies import run_strategy
+from strategies import Checkpoints, run_strategy
 
 from .actor_pool import replace_dead_actors
-from .results import check_run_directory, output_directory, scalar_writer, summary_table, write_results
 from .grid_transport import GridTransport
+from .results import check_run_directory, output_directory, scalar_writer, summary_table, write_results
 
 app = ServerApp()
 
@@ -34,13 +35,18 @@ def main(grid: Grid, context: Context) -> None:
     directory = output_directory(cfg)
     if check_run_directory(directory, cfg):  # another config's run there stops this one here
         log(f"{directory} holds a run of this same config: its results will be replaced")
+    checkpoints = Checkpoints(directory, log)
+    if checkpoints.exists() and not cfg.resume:
+        log(f"{checkpoints.path} is a checkpoint of an unfinished run: this run starts afresh and replaces it "
+            "(resume = true goes on from it)")
     if type(grid).__name__ == "InMemoryGrid":  # a simulation: this process runs the ClientApps' actor pool
         replace_dead_actors(log)
     scalars = scalar_writer(cfg, directory)
     try:
-        report = run_strategy(cfg, GridTransport(grid, cfg), log, scalars)
+        report = run_strategy(cfg, GridTransport(grid, cfg), log, scalars, directory)
     finally:
         if scalars is not None:
             scalars.close()
     summary = write_results(directory, report, time.perf_counter() - started)
+    checkpoints.remove()  # the results are written: nothing left to resume
     print(summary_table(summary, directory), flush=True)

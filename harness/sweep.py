@@ -24,8 +24,9 @@ Every point is validated before the first run starts. `--jobs K` runs K points a
 worker on a simulation SuperLink of its own (the points are independent seeded runs: their
 numbers are the serial ones). A point whose `<out>/<name>/` holds a finished run of the same
 config (`config.json` compared key by key, where files go aside) is skipped, so a sweep that was
-interrupted finishes only the missing points when run again. A point whose directory holds a
-run of another config is never counted as done: the sweep refuses, naming the keys that
+interrupted finishes only the missing points when run again; a point whose run was killed
+mid-way resumes from its last checkpoint (resume = true). A point whose directory holds a
+run (or a checkpoint) of another config is never counted as done: the sweep refuses, naming the keys that
 differ, or with `--replace-changed` moves that run aside (`<name>.replaced-<time>`) and runs the
 point again. `<out>/sweep.json` lists the points and how each went.
 """
@@ -44,8 +45,10 @@ from typing import Any
 
 from sltestbed.experiment import ExperimentConfig
 
-from app.results import describe, stored_differences
+from app.results import config_differences, describe, stored_differences
+from sltestbed.checkpoint_files import checkpoint_about
 
+from .flower_env import flower_env
 from .launch import parse_overrides
 from .processes import Interrupted, interrupts_raise
 from .superlink import client_resources, simulation_superlink
@@ -85,17 +88,33 @@ def plan(configs: list[dict], out: Path) -> list[tuple[str, dict]]:
 
 
 def stored_run(out: Path, name: str, cfg: dict, supernodes: int | None = None) -> dict | None:
-    """What `<out>/<name>/` holds against the point: None, no finished run (to run); {}, a
-    finished run of this very config (done); else the keys that differ, stored and requested
-    (a run of another config: never counted as done)."""
+    """What `<out>/<name>/` holds against the point: None, no finished run (to run, resuming
+    from its checkpoint where a killed run of this config left one); {}, a finished run of this
+    very config (done); else the keys that differ, stored and requested (a run, or a
+    checkpoint, of another config: never counted as done, never resumed)."""
+    exp = ExperimentConfig.from_run_config(cfg)
     if not (out / name / "summary.json").is_file():
-        return None
-    return stored_differences(out / name, ExperimentConfig.from_run_config(cfg), supernodes)
+        about = checkpoint_about(out / name)
+        diff = None if about is None else config_differences(about["config"], exp)
+        if about is not None and supernodes is not None and len(about["partitions"]) not in (0, supernodes):
+            diff["supernodes"] = (len(about["partitions"]), supernodes)
+        return diff or None
+    return stored_differences(out / name, exp, supernodes)
 
 
-def point_state(diff: dict | None) -> str:
+def point_state(diff: dict | None, directory: Path | None = None) -> str:
     """A point's line in --dry-run, from `stored_run`."""
-    return "to run" if diff is None else "done" if not diff else f"differs: {describe(diff)}"
+    if diff is None:
+        about = checkpoint_about(directory) if directory is not None else None
+        return "to run" if about is None else f"to run (resumes after round {about['round']})"
+    return "done" if not diff else f"differs: {describe(diff)}"
+
+
+def resumed(directory: Path, cfg: dict) -> tuple[dict, int]:
+    """The point's run config, with resume = true where its directory holds a checkpoint of a
+    killed run (`stored_run` has checked it is this config's), and the checkpoint's round."""
+    about = checkpoint_about(directory)
+    return ({**cfg, "resume": True}, about["round"]) if about else (cfg, 0)
 
 
 def stored_runs(named: list[tuple[str, dict]], out: Path, supernodes: int | None = None) -> dict[str, dict | None]:
@@ -155,7 +174,8 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
                     k, (name, cfg) = queue.pop(0)
                     status[name] = "running"
                 t0 = time.perf_counter()
-                log(f"[{k}/{len(todo)}] {name}")
+                cfg, after = resumed(out / name, cfg)
+                log(f"[{k}/{len(todo)}] {name}" + (f": resumes from its checkpoint after round {after}" if after else ""))
                 result = link.submit(APP_DIR, cfg, supernodes, client_resources(cpus_per_client, gpus_per_client), timeout,
                                      echo=_echo(k, len(todo), log), should_stop=stopping.is_set)
                 seconds = time.perf_counter() - t0
@@ -286,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     diffs = stored_runs(named, out, supernodes)
     if args.dry_run:
         for name, _ in named:
-            print(f"{point_state(diffs[name]):7s} {name}")
+            print(f"{point_state(diffs[name], out / name):7s} {name}")
         return 0
     changed = {n: d for n, d in diffs.items() if d}
     if changed and not args.replace_changed:

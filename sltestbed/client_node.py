@@ -133,6 +133,15 @@ class ClientNode:
         """A bare round trip: no model, a reply of the requested size (the benchmark's reference)."""
         return Content(echo=bytes(request.meta.reply_bytes))
 
+    def _state(self, request: Content, hooks: FaultHooks) -> Content:
+        """A checkpoint: this node's role state, as the ClientApp saves it (nothing applied)."""
+        return Content(state=self.state())
+
+    def _restore(self, request: Content, hooks: FaultHooks) -> Content:
+        """A resumed run: the role as a checkpoint saved it."""
+        self.restore(request.state)
+        return Content()
+
     def _step(self, request: Content, hooks: FaultHooks) -> Content:
         self.receive(request)
         lie = self._fault(request.meta, hooks) == "lie"

@@ -9,19 +9,20 @@ Flower-free: `ExperimentConfig.from_run_config(context.run_config)` is all the a
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
-from .compute import PRECISIONS, Compute, check_device
-from .data.partition import PARTITIONERS
 from .label_protocol import LABELS
-from .model import MODALITIES, PRESETS, parse_cut
-from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES, implied_bits, scheme_class
-from .trainer import MODULE_GROUPS
+
+# The name tables (schemes, presets, partitioners, ...) live beside code that imports torch and
+# transformers: imported where used, so key names and types are checked before any of that loads.
+MODALITIES = ("image", "text")  # the model's (sltestbed.model.MODALITIES, held equal by a test)
 
 HF_DATASET_KEYS = ("dataset_split", "image_column", "question_column", "answer_column", "type_column", "max_samples")
 # Run-config keys that say where a run's files go, not what it computes
-LOCATION_KEYS = ("output-dir", "run-name", "cache-dir", "tensorboard")  # tensorboard: which files, not what is computed
+# (tensorboard, checkpoint, resume: which files are written or read, not what is computed)
+LOCATION_KEYS = ("output-dir", "run-name", "cache-dir", "tensorboard", "checkpoint", "resume")
 
 STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
 ATTACKS = ("none", "inversion", "all")  # after training: none; lookups, code classifier, decoders, tokens, labels; and optimisation
@@ -91,6 +92,8 @@ class ExperimentConfig:
     attack_samples: int = 512  # training samples the server keeps for the attacks (whole batches, seeded)
     attack_steps: int = 1500  # the decoders' most optimizer steps (the same at every width)
     tensorboard: bool = False  # per-step and per-round figures for TensorBoard in <run>/tensorboard
+    checkpoint: bool = True  # after every round, <run>/checkpoint.pt (removed once the results are written)
+    resume: bool = False  # go on from <run>/checkpoint.pt, a killed run's last completed round
     output_dir: str = "results"
     run_name: str = ""
     cache_dir: str = CACHE_DIR
@@ -115,7 +118,9 @@ class ExperimentConfig:
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
         unknown = sorted(set(run_config) - set(known))
         if unknown:
-            raise ValueError(f"unknown run-config key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hints = "".join(f" ('{k}': did you mean '{m[0]}'?)" for k, m in close.items() if m)
+            raise ValueError(f"unknown run-config key(s) {unknown}{hints}; known keys: {', '.join(sorted(known))}")
         values = {}
         for key, value in run_config.items():
             f = known[key]
@@ -133,6 +138,12 @@ class ExperimentConfig:
         return cfg
 
     def validate(self) -> None:
+        from .compute import PRECISIONS, check_device
+        from .data.partition import PARTITIONERS
+        from .model import PRESETS, parse_cut
+        from .quantizers import AUTO_BITS_SCHEMES, GRADIENT_SCHEMES, SCHEMES
+        from .model.groups import MODULE_GROUPS
+
         def choose(key, value, allowed):
             if value not in allowed:
                 raise ValueError(f"run config '{key}' = {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
@@ -302,6 +313,7 @@ class ExperimentConfig:
 
     @property
     def cut_layers(self) -> int:
+        from .model import parse_cut
         return parse_cut(self.cut, self.lm_layers)
 
     def model_fields(self) -> dict:
@@ -313,6 +325,7 @@ class ExperimentConfig:
 
     @property
     def lm_layers(self) -> int:
+        from .model import PRESETS
         return self.model_fields().get("lm_layers", PRESETS[self.preset]["lm_layers"])
 
     def to_dict(self) -> dict:
@@ -325,6 +338,7 @@ class ExperimentConfig:
     @property
     def image_size(self) -> int:
         """The side the images are resized to: the vision tower's input size."""
+        from .model import PRESETS
         return self.model_fields().get("image_size", PRESETS[self.preset]["image_size"])
 
     @property
@@ -343,6 +357,7 @@ class ExperimentConfig:
 
     def compute(self) -> Compute:
         """Where this party's role computes (ValueError where the device is not here)."""
+        from .compute import Compute
         return Compute.of(self.device, self.precision)
 
     def model_overrides(self) -> dict:
@@ -378,6 +393,7 @@ def check_dataset(name: str) -> None:
 def _width(scheme: str, bits: int) -> int:
     """The bit width a run uses: fp32 / fp16 / bf16 imply theirs (any given value is ignored),
     other schemes take `bits`, which must be in their range."""
+    from .quantizers import implied_bits, scheme_class
     cls = scheme_class(scheme)
     if len(cls.bits_range) == 1:
         return cls.bits_range.start

@@ -367,6 +367,18 @@ class ServerRole:
     def load_part_state(self, state: dict[str, torch.Tensor]) -> None:
         self.part.load_state_dict(state)
 
+    def state(self) -> dict:
+        """What a checkpoint keeps of this side: its part's weights, the optimizer and its
+        schedule, the step count, the gradient quantizer's random stream."""
+        return {"part": self.part_state(), "updates": self.updates.state_dict(), "steps": self.steps,
+                "grad_random": self.grad_encoder.random_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.load_part_state(state["part"])
+        self.updates.load_state_dict(state["updates"])
+        self.steps = state["steps"]
+        self.grad_encoder.load_random_state(state["grad_random"])
+
     def copy(self) -> "ServerRole":
         """An independent server-part copy (SplitFed v1: one per client)."""
         return copy.deepcopy(self)

@@ -148,6 +148,7 @@ class Content:
     loss: LossReply | None = None
     part: dict[str, torch.Tensor] | None = None  # client-part (or whole-model) weights
     echo: bytes | None = None
+    state: bytes | None = None  # a node's role state (`ClientRole.state_bytes`), for checkpoints
     score: Scores | None = None
     calibration: dict | None = None  # a client's entropy report (bits="auto")
     meta: Meta | None = None
@@ -183,6 +184,7 @@ class MessageType:
 
 STEP, LOGITS, PART, EVAL, SCORE = "train.step", "train.logits", "query.part", "evaluate.forward", "evaluate.score"
 INFO, CALIBRATE, ECHO, LOCAL, EVAL_LOCAL = "query.info", "query.calibrate", "query.echo", "train.local", "evaluate.local"
+STATE, RESTORE = "query.state", "train.restore"  # checkpoints: outside the protocol, never in the ledger
 PENDING = ("grads", "part")  # what waits for a client rides with its next role message
 MESSAGES: dict[str, MessageType] = {m.name: m for m in (
     MessageType(INFO, (), (), "_info", request_meta=None, reply_meta=NodeInfo, setup=True),
@@ -197,6 +199,9 @@ MESSAGES: dict[str, MessageType] = {m.name: m for m in (
                 note="test shard"),
     MessageType(SCORE, ("logits", "hidden"), ("score",), "_score", role=True,
                 note="labels at the client; U-shaped"),
+    MessageType(STATE, (), ("state",), "_state", role=True, note="checkpoint: the node's role state up"),
+    MessageType(RESTORE, ("state",), (), "_restore", role=True, saves_role=True,
+                note="resume: a checkpoint's role state down"),
     MessageType(LOCAL, ("part",), ("part",), "_local", reply_meta=LocalResult, note="FedAvg"),
     MessageType(EVAL_LOCAL, ("part",), ("score",), "_evaluate_local", note="FedAvg"),
 )}

@@ -14,6 +14,7 @@ from .strategy import Strategy
 
 class FedAvgStrategy(Strategy):
     name = "fedavg"
+    node_roles = False  # a node trains the model it is sent and keeps nothing
 
     def __init__(self, setup, transport, log=print):
         super().__init__(setup, transport, log)
@@ -31,6 +32,12 @@ class FedAvgStrategy(Strategy):
         weights = [float(r.num_examples) for r in results]
         load_trained(self.model, fedavg([c.part for c in replies.values()], weights))
         return {"loss": sum(r.loss * w for r, w in zip(results, weights)) / sum(weights)}
+
+    def server_state(self) -> dict:
+        return {"model": model_weights(self.model, self.cfg.modules)}
+
+    def load_server_state(self, state: dict) -> None:
+        load_trained(self.model, state["model"])
 
     def trained_model(self):
         return self.model

@@ -36,6 +36,23 @@ class Observer:
         self.rows: dict[int, torch.Tensor] = {}
         self.mismatched = 0
 
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint keeps, by partition (a resumed run's nodes have new ids)."""
+        partition = {n: c.partition for n, c in self.clients.items()}
+        return {"cursors": {partition[n]: c.state() for n, c in self.cursors.items()},
+                "rows": {partition[n]: r for n, r in self.rows.items()}, "generator": self.generator.get_state(),
+                "seen": self.seen, "mismatched": self.mismatched,
+                "kept": [(partition[n], step, batch) for n, step, batch in self.kept]}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        node = {c.partition: n for n, c in self.clients.items()}
+        for p, cursor in state["cursors"].items():
+            self.cursors[node[p]].load_state(cursor)
+        self.rows = {node[p]: r for p, r in state["rows"].items()}
+        self.generator.set_state(state["generator"])
+        self.seen, self.mismatched = state["seen"], state["mismatched"]
+        self.kept = [(node[p], step, batch) for p, step, batch in state["kept"]]
+
     def exchanged(self, rnd: int, step: int, requests: dict, replies: dict) -> None:
         """Every exchange of the strategy: training steps' activations (and, with the labels at
         the client, the server's output and the gradient that came back) are what it keeps."""

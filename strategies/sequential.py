@@ -27,6 +27,13 @@ class SequentialStrategy(Strategy):
         self.server = self.server_role(setup.new_model(), cfg.num_rounds * sum(self.steps.values()))
         self.holder = None  # the client holding the latest client part
 
+    def server_state(self) -> dict:
+        return {**super().server_state(), "holder": None if self.holder is None else self.holder.partition}
+
+    def load_server_state(self, state: dict) -> None:
+        super().load_server_state(state)
+        self.holder = next((c for c in self.clients if c.partition == state["holder"]), None)
+
     def round_steps(self) -> int:
         return sum(self.steps.values())
 

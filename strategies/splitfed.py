@@ -24,6 +24,15 @@ class SplitFedV1Strategy(Strategy):
         self.server = self.server_role(setup.new_model(), self.client_steps)
         self.copies = {c.node_id: self.server.copy() for c in self.clients}
 
+    def server_state(self) -> dict:
+        partition = {c.node_id: c.partition for c in self.clients}
+        return {**super().server_state(), "copies": {partition[n]: c.state() for n, c in self.copies.items()}}
+
+    def load_server_state(self, state: dict) -> None:
+        super().load_server_state(state)
+        for c in self.clients:
+            self.copies[c.node_id].load_state(state["copies"][c.partition])
+
     def train_round(self, rnd: int) -> dict:
         clients = self.sample()
         losses = [self.split_step(rnd, step, clients, lambda node: self.copies[node])

@@ -88,6 +88,7 @@ class RunReport:
     observation: Observation | None = None  # what the server kept for the attacks
     client_state: dict | None = None  # the client weights the protocol sent the server (the white-box level)
     trained_quantizer: dict | None = None  # the first client's trained quantizer encoders (trained-quantizer level)
+    resumed_after: int = 0  # a resumed run: the checkpoint's round (0: the run went through from round 1)
 
 
 class RunStopped(RuntimeError):
@@ -122,6 +123,7 @@ class Strategy:
     """Base class: subclasses implement `train_round(round)` and may override `evaluate_round`."""
 
     name = "base"
+    node_roles = True  # the nodes hold roles whose state a checkpoint keeps (FedAvg's hold none)
     # what a client needs to build its role on first contact: its batch size and the length of
     # its learning-rate schedule (subclasses set both)
     client_batch: int = 1
@@ -136,10 +138,12 @@ class Strategy:
         self.outbox = Outbox()
         self.labels = label_protocol(self.cfg.labels)  # where the labels and the loss are
         self.step_seconds: list[float] = []  # wall time of each training step (its round trips included)
-        self.observer: Observer | None = None  # with attack != none: watches every exchange (`run`)
+        self.observer: Observer | None = None  # with attack != none: watches every exchange (`watch`)
         self.parts_seen: dict[int, dict] = {}  # node -> the last client weights it sent the server
         self.progress: dict | None = None  # this round's steps, samples and loss so far (the progress lines)
         self.scalars = None  # a writer with add_scalar(tag, value, step), e.g. TensorBoard's (run_strategy)
+        self.checkpoints = None  # a `checkpoint.Checkpoints`: written after every round (run_strategy)
+        self.first_round = 1  # a resumed run starts after its checkpoint's round
 
     # --- messages ---------------------------------------------------------------------------
     def meta(self, round: int, step: int) -> StepMeta:
@@ -323,11 +327,52 @@ class Strategy:
                 return model
         return None
 
+    # --- checkpoints (`checkpoint.py`) ---------------------------------------------------------
+    def server_state(self) -> dict:
+        """The server side's own training state; strategies with more (SplitFed's copies, the
+        sequential holder) add theirs."""
+        return {"server": self.server.state()}
+
+    def load_server_state(self, state: dict) -> None:
+        self.server.load_state(state["server"])
+
+    def checkpoint_state(self) -> dict:
+        """Everything of the server side a resumed run needs to go on as this one would, with
+        nodes named by partition."""
+        partition = {c.node_id: c.partition for c in self.clients}
+        return {"server": self.server_state(), "generator": self.generator.get_state(),
+                "grads": {partition[n]: g for n, g in self.outbox.grads.items()},
+                "parts": {partition[n]: p for n, p in self.outbox.parts.items()},
+                "parts_seen": {partition[n]: p for n, p in self.parts_seen.items()},
+                "observer": None if self.observer is None else self.observer.checkpoint_state(),
+                "rounds": list(self.rounds), "failures": list(self.failures), "step_seconds": list(self.step_seconds),
+                "transport": self.transport.checkpoint_state()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        node = {c.partition: c.node_id for c in self.clients}
+        self.load_server_state(state["server"])
+        self.generator.set_state(state["generator"])
+        self.outbox.grads = {node[p]: g for p, g in state["grads"].items()}
+        self.outbox.parts = {node[p]: w for p, w in state["parts"].items()}
+        self.parts_seen = {node[p]: w for p, w in state["parts_seen"].items()}
+        if self.watch() is not None:
+            self.observer.load_checkpoint_state(state["observer"])
+        self.rounds, self.failures = list(state["rounds"]), list(state["failures"])
+        self.step_seconds = list(state["step_seconds"])
+        self.transport.load_checkpoint_state(state["transport"])
+        self.first_round = self.rounds[-1].round + 1 if self.rounds else 1
+
+    def watch(self) -> Observer | None:
+        """With attack != none, the observer of every exchange (built once the subclass has set
+        its client batch)."""
+        if self.cfg.attack != "none" and self.observer is None:
+            self.observer = Observer(self.cfg, self.clients, self.client_batch, self.log)
+        return self.observer
+
     def run(self) -> RunReport:
         ledger = self.transport.ledger
-        if self.cfg.attack != "none":
-            self.observer = Observer(self.cfg, self.clients, self.client_batch, self.log)
-        for rnd in range(1, self.cfg.num_rounds + 1):
+        self.watch()
+        for rnd in range(self.first_round, self.cfg.num_rounds + 1):
             t0, trips, fails, before = time.perf_counter(), self.transport.round_trips, len(self.failures), len(ledger.rows)
             train = self.train_round(rnd)
             result = self.evaluate_round(rnd)
@@ -345,6 +390,8 @@ class Strategy:
             self.log(f"round {rnd}/{self.cfg.num_rounds}: loss {record.loss:.4f}, accuracy {record.accuracy:.4f}, "
                      f"{record.bytes_up:,} B up, {record.bytes_down:,} B down, {record.round_trips} round trips, "
                      f"{record.failures} failures, {record.seconds:.1f} s")
+            if self.checkpoints is not None:
+                self.checkpoints.save(self, rnd)
         last = self.rounds[-1]
         if not math.isfinite(last.accuracy):  # never a "finished" run without a result
             lost = [f for f in self.failures if f.round == last.round and f.step == -1]
@@ -358,7 +405,8 @@ class Strategy:
                      f"({roundtrip['roundtrips_per_step']} round trip(s) per step)")
         model = self.trained_model() if self.cfg.save_model else None
         report = RunReport(self.cfg, self.setup.base_dir, self.clients, self.setup.calibration, ledger, self.rounds,
-                           self.failures, self.transport.round_trips, roundtrip, model)
+                           self.failures, self.transport.round_trips, roundtrip, model,
+                           resumed_after=self.first_round - 1)
         if self.cfg.attack != "none":
             self.attack(report)
         return report

@@ -46,6 +46,14 @@ class Transport(ABC):
         """Whether `node` may take a message: a node whose last reply never came takes no new
         message until that reply is in (never two messages outstanding to one node)."""
 
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint keeps of the transport: the ledger's rows and the counts."""
+        return {"rows": list(self.ledger.rows), "round_trips": self.round_trips}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.ledger.rows = list(state["rows"])
+        self.round_trips = state["round_trips"]
+
 
 @dataclass
 class Failure:

@@ -93,3 +93,52 @@ def test_replacing_a_changed_point_keeps_the_old_run_beside(tmp_path):
     old = stored_run(tmp_path / "runs" / "point", TINY)
     moved = sweep.move_aside(old)
     assert not old.exists() and (moved / "summary.json").is_file() and moved.name.startswith("point.replaced-")
+
+
+def checkpointed_run(directory: Path, run_config: dict, rnd: int = 1, partitions=(0, 1)) -> Path:
+    """A killed run's checkpoint files, as strategies/checkpoint.py writes them (the .pt a stand-in)."""
+    directory.mkdir(parents=True)
+    config = ExperimentConfig.from_run_config(run_config).results_config()
+    (directory / "checkpoint.pt").write_bytes(b"a stand-in")
+    (directory / "checkpoint.json").write_text(json.dumps({"round": rnd, "num_rounds": 3, "config": config,
+                                                           "partitions": list(partitions)}))
+    return directory
+
+
+def test_a_killed_point_resumes_and_a_checkpoint_of_another_config_is_refused(tmp_path, capsys):
+    cfg = {**TINY, "num-rounds": 3}
+    named = sweep.plan([cfg], tmp_path)
+    name, point = named[0]
+    checkpointed_run(tmp_path / name, cfg, rnd=2)
+    assert sweep.stored_run(tmp_path, name, point, supernodes=2) is None  # to run: not done, not another's
+    assert sweep.point_state(None, tmp_path / name) == "to run (resumes after round 2)"
+    assert sweep.resumed(tmp_path / name, point) == ({**point, "resume": True}, 2)
+    assert sweep.resumed(tmp_path / "other", point) == (point, 0)
+    assert sweep.stored_run(tmp_path, name, point, supernodes=4) == {"supernodes": (2, 4)}
+    other = {**point, "lr": 0.01}
+    assert sweep.stored_run(tmp_path, name, other) == {"lr": (0.002, 0.01)}
+    assert check_run_directory(tmp_path / name, ExperimentConfig.from_run_config(point)) is False
+    with pytest.raises(RunDirectoryTaken, match=r"checkpoint of an unfinished run of another config \(lr: 0.002 there"):
+        check_run_directory(tmp_path / name, ExperimentConfig.from_run_config(other))
+    assert sweep.main([f"{k}={v}" for k, v in {**TINY, "num-rounds": 3}.items()] + ["--out", str(tmp_path),
+                                                                                     "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("to run (resumes after round 2) " + name)
+
+
+def test_a_typo_is_named_before_torch_loads():
+    """`launch` and `sweep` check key names and types with no torch, transformers or
+    flwr-datasets imported (they take seconds to load): a typo is named at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom harness import launch, sweep\nfrom sltestbed.experiment import ExperimentConfig\n"
+            "try:\n    ExperimentConfig.from_run_config({'num-round': 2})\nexcept ValueError as e:\n    print(e)\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'flwr_datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "did you mean 'num-rounds'?" in out[0] and out[1] == "[]"
+
+
+def test_the_config_modalities_are_the_models():
+    from sltestbed import experiment, model
+
+    assert experiment.MODALITIES == model.MODALITIES

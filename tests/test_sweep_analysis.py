@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from analysis.__main__ import main as analysis_main
 from harness.processes import _has_tag
@@ -218,3 +219,66 @@ def test_an_interrupt_mid_run_stops_every_process_the_command_started(command, s
     assert not (run_dir / "summary.json").exists()
     if command == "sweep":
         assert [p["status"] for p in json.loads((tmp_path / "runs" / "sweep.json").read_text())] == ["interrupted"]
+
+
+def _launch(tmp_path: Path, keys: dict, env: dict, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "harness.launch", *[f"{k}={v}" for k, v in keys.items()]]
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_a_killed_flwr_run_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
+    """Every process of a `flwr run` (launch, SuperLink, SuperExec, simulation, Ray) is killed
+    with SIGKILL once a checkpoint is written, as a machine that goes down; `launch resume=true`
+    goes on from it. The resumed run's metrics, byte ledger (as a multiset of rows: the new
+    SuperNodes' ids change the row order and the message framing) and trained weights are the
+    uninterrupted run's."""
+    rounds = 4
+    keys = {**TINY, "num-rounds": rounds, "save-model": "true", "cache-dir": str(tmp_path / "cache"),
+            "quantizer": "learned", "bits": 2}
+    mark = f"SLTESTBED_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}
+    name = "parallel-learned-2b-seed0"
+    reference = _launch(tmp_path, {**keys, "output-dir": "whole"}, env, tmp_path / "whole.log")
+    assert reference.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()[-3000:]
+    run_dir = tmp_path / "cut" / name
+    proc = _launch(tmp_path, {**keys, "output-dir": "cut"}, env, tmp_path / "cut.log")
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoint.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        about = json.loads((run_dir / "checkpoint.json").read_text())
+        assert 1 <= about["round"] < rounds, about
+        for pid in _marked(mark.encode()):  # the whole run, at once
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (run_dir / "summary.json").exists()
+    resumed = _launch(tmp_path, {**keys, "output-dir": "cut", "resume": "true"}, env, tmp_path / "resumed.log")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    assert "resume: restored the checkpoint after round" in (tmp_path / "resumed.log").read_text()
+    deadline = time.monotonic() + 20
+    while _marked(mark.encode()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _marked(mark.encode()) == []
+
+    whole, cut = tmp_path / "whole" / name, run_dir
+    summary, again = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert again["resumed_after_round"] >= 1 and "resumed_after_round" not in summary
+    for key in ("accuracy", "accuracy_by_type", "bytes", "round_trips", "failures"):
+        assert again[key] == summary[key], key
+    drop = lambda rows, *keys: [{k: v for k, v in r.items() if k not in keys} for r in rows]
+    assert drop(read_csv(cut / "metrics.csv"), "seconds") == drop(read_csv(whole / "metrics.csv"), "seconds")
+    ledger = lambda d: sorted(tuple(r.values()) for r in drop(read_csv(d / "ledger.csv"), "message_bytes", "message"))
+    assert ledger(cut) == ledger(whole)
+    assert not (cut / "checkpoint.pt").exists() and not (cut / "checkpoint.json").exists()
+    from safetensors.torch import load_file
+
+    for weights in sorted(p.name for p in (whole / "model").glob("*.safetensors")):
+        a, b = load_file(whole / "model" / weights), load_file(cut / "model" / weights)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights

@@ -186,6 +186,14 @@ class QuantizerEncoder(nn.Module):
     def levels(self) -> int:
         return 2**self.bits
 
+    def random_state(self):
+        """Where encoding draws random numbers (stochastic rounding), the stream's state, for a
+        checkpoint; None for a deterministic scheme."""
+        return None
+
+    def load_random_state(self, state) -> None:
+        """Continue the stream `random_state` saved."""
+
     # --- to implement -------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable continuous tensor whose rounding gives the codes (default: x)."""

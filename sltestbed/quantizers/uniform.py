@@ -29,6 +29,16 @@ class UniformEncoder(QuantizerEncoder):
             self._generator = torch.Generator(device=like.device).manual_seed(self.seed)
         return torch.rand(like.shape, generator=self._generator, device=like.device)
 
+    def random_state(self) -> tuple[str, torch.Tensor] | None:
+        return None if self._generator is None else (str(self._generator.device), self._generator.get_state())
+
+    def load_random_state(self, state: tuple[str, torch.Tensor] | None) -> None:
+        self._generator = None
+        if state is not None:
+            device, stream = state
+            self._generator = torch.Generator(device=device)
+            self._generator.set_state(stream)
+
     def _range(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """min and max, per tensor or per channel (NaN / Inf raise)."""
         if self.per_channel:
