@@ -18,6 +18,7 @@ from typing import Any
 from app.results import check_run_directory, output_directory
 from sltestbed.experiment import ExperimentConfig
 
+from .flower_env import flower_env
 from .processes import Interrupted, interrupts_raise
 from .superlink import RunResult, client_resources, simulation_superlink
 
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-client", type=float, default=0.0,
                         help="a GPU share per ClientApp actor (e.g. 0.5: two actors a GPU); with device=auto or cuda")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--ray-address", help="attach the simulation to this Ray cluster (host:port of its head; "
+                                              "the cluster's nodes decide the CPUs and GPUs)")
     parser.add_argument("overrides", nargs="*", help="run-config key=value pairs")
     args = parser.parse_args(argv)
     app_dir = Path(__file__).resolve().parent.parent
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupts_raise():  # leaving the SuperLink's context stops everything it started, by pid
             result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes,
-                                              client_resources(args.cpus_per_client, args.gpus_per_client), args.timeout)
+                                              client_resources(args.cpus_per_client, args.gpus_per_client), args.timeout,
+                                              args.ray_address)
     except Interrupted as stop:
         print(f"launch: stopped by {stop}; every process it started is stopped", file=sys.stderr, flush=True)
         return stop.exit_code
@@ -84,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_simulation_with_echo(app_dir, tmp_dir, run_config, num_supernodes, federation_config, timeout) -> RunResult:
-    with simulation_superlink(tmp_dir) as link:
+def run_simulation_with_echo(app_dir, tmp_dir, run_config, num_supernodes, federation_config, timeout,
+                             ray_address: str | None = None) -> RunResult:
+    """One `flwr run` on a simulation SuperLink of its own, its lines echoed; `ray_address`: the
+    simulation attaches to that Ray cluster (`RAY_ADDRESS` in the SuperLink's environment)."""
+    env = flower_env(tmp_dir, {"RAY_ADDRESS": ray_address}) if ray_address else None
+    with simulation_superlink(tmp_dir, env) as link:
         return link.submit(app_dir, run_config, num_supernodes, federation_config, timeout,
                            echo=lambda text: print(text, flush=True))
 

@@ -131,7 +131,7 @@ def move_aside(directory: Path) -> Path:
 
 def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpus_per_client: float = 1,
               timeout: float = 3600, work_dir: Path | None = None, log=print, jobs: int = 1,
-              gpus_per_client: float = 0) -> dict[str, str]:
+              gpus_per_client: float = 0, ray_address: str | None = None) -> dict[str, str]:
     """Run the points not yet done; return {name: status}. `jobs` points run at once, each
     worker on a simulation SuperLink of its own (the points are independent runs, each with
     its own seed: running them side by side changes no number)."""
@@ -166,7 +166,8 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
             ended[w].set()
 
     def run_points(w: int) -> None:
-        with simulation_superlink(work / f"worker-{w}" if jobs > 1 else work) as link:
+        where = work / f"worker-{w}" if jobs > 1 else work
+        with simulation_superlink(where, flower_env(where, {"RAY_ADDRESS": ray_address}) if ray_address else None) as link:
             while not stopping.is_set():
                 with lock:
                     if not queue:
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-client", type=float, default=0.0, help="a GPU share per ClientApp actor")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--jobs", type=int, default=1, help="points run at once, each on a SuperLink of its own")
+    parser.add_argument("--ray-address", help="attach every run to this Ray cluster (host:port of its head)")
     parser.add_argument("--dry-run", action="store_true", help="list the points and whether each is done")
     parser.add_argument("--replace-changed", action="store_true",
                         help="points whose directory holds a run of another config: move it aside and run again "
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupts_raise():
             status = run_sweep(named, out, supernodes, args.cpus_per_client, args.timeout, log=lambda m: print(m, flush=True),
-                               jobs=args.jobs, gpus_per_client=args.gpus_per_client)
+                               jobs=args.jobs, gpus_per_client=args.gpus_per_client, ray_address=args.ray_address)
     except Interrupted as stop:
         print(f"sweep: stopped by {stop}; every process it started is stopped; the interrupted point is marked "
               f"so in {out / 'sweep.json'} and runs again next time", file=sys.stderr, flush=True)
