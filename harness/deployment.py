@@ -14,7 +14,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .flower_env import FlowerHarnessError, _read, _strip_ansi, _write_toml, flower_env, free_port, write_flower_config
+from .credentials import Credentials, make_credentials
+from .flower_env import (CONNECTION_NAME, FlowerHarnessError, _read, _strip_ansi, _write_toml, flower_env, flwr_cli,
+                         free_port, write_flower_config)
 from .processes import HARNESS_TAG_VAR, ProcessReaper
 from .superlink import RunResult, _start_superlink, _stop_all, _submit
 
@@ -36,8 +38,10 @@ class Deployment:
     ``reaper``.
     """
 
-    def __init__(self, app_dir: Path, tmp_dir: Path, env: dict[str, str], reaper: ProcessReaper) -> None:
+    def __init__(self, app_dir: Path, tmp_dir: Path, env: dict[str, str], reaper: ProcessReaper,
+                 credentials: Credentials | None = None) -> None:
         self.app_dir, self.tmp_dir, self.env, self.reaper = app_dir, tmp_dir, env, reaper
+        self.credentials = credentials
         self.superlink: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.supernodes: list[subprocess.Popen[bytes]] = []
@@ -65,11 +69,44 @@ class Deployment:
         """Return each SuperNode's output so far (ClientApp stdout lands here)."""
         return [_read(d / "supernode.log") for d in self.supernode_dirs]
 
+    def start_supernode(self, node_config: Mapping[str, Any] | str, key: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start one more ``flower-supernode`` (its cwd and FLWR_HOME in ``supernode-<i>``):
+        insecure on an insecure deployment; on a secure one over TLS, authenticated with the
+        private `key` (None: none, which an authenticating SuperLink refuses)."""
+        i = len(self.supernodes)
+        node_dir = self.tmp_dir / f"supernode-{i}"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        node_env = dict(self.env, FLWR_HOME=str(node_dir / "flwr_home"))
+        cfg_arg = node_config if isinstance(node_config, str) else str(_write_toml(node_dir / "node_config.toml",
+                                                                                   node_config))
+        if self.credentials is None:
+            security = ["--insecure"]
+        else:
+            security = ["--root-certificates", str(self.credentials.ca_cert)]
+            security += ["--auth-supernode-private-key", str(key)] if key is not None else []
+        venv_bin = Path(self.env["PATH"].split(os.pathsep)[0])
+        cmd = [str(venv_bin / "flower-supernode"), *security, "--superlink", self.address,
+               "--port", str(free_port()), "--node-config", cfg_arg]
+        proc = self.reaper.spawn(cmd, env=node_env, cwd=node_dir, log_path=node_dir / "supernode.log")
+        self.supernodes.append(proc)
+        self.supernode_dirs.append(node_dir)
+        return proc
+
+    def register(self, public_key: Path) -> str:
+        """``flwr supernode register <key.pub>``: the SuperLink admits the SuperNode holding the
+        private half. Returns flwr's output."""
+        result = flwr_cli(["supernode", "register", str(public_key), CONNECTION_NAME], self.env, timeout=60,
+                          cwd=self.tmp_dir)
+        if result.returncode != 0:
+            raise FlowerHarnessError(f"flwr supernode register {public_key} failed: {result.stdout}{result.stderr}")
+        return result.stdout
+
 
 @contextlib.contextmanager
 def deployment(app_dir: str | os.PathLike[str], tmp_dir: str | os.PathLike[str],
                num_supernodes: int = 2, node_configs: list[Mapping[str, Any] | str] | None = None,
-               startup_timeout: float = 60.0, term_timeout: float = 5.0) -> Iterator[Deployment]:
+               startup_timeout: float = 60.0, term_timeout: float = 5.0,
+               secure: bool = False) -> Iterator[Deployment]:
     """Start a deployment: a real SuperLink and ``num_supernodes`` SuperNodes; stop all on exit.
 
     SuperLink: ``flower-superlink --insecure --host 127.0.0.1 --port <free>`` (one HTTP
@@ -80,6 +117,11 @@ def deployment(app_dir: str | os.PathLike[str], tmp_dir: str | os.PathLike[str],
     is a mapping (written as TOML, types kept) or a raw ``"k=v k2=v2"`` string; default
     ``{"partition-id": i, "num-partitions": num_supernodes}``. Waits until every SuperNode
     has logged its node id. Yields a :class:`Deployment`; use ``submit(run_config)``.
+
+    ``secure``: throw-away credentials in ``tmp_dir/credentials`` (`harness.credentials`);
+    the SuperLink serves TLS and admits registered SuperNodes only; each SuperNode's public
+    key is registered (``flwr supernode register``) before it starts with its private key,
+    and ``flwr`` verifies the SuperLink against the CA.
     """
     tmp = Path(tmp_dir).resolve()
     tmp.mkdir(parents=True, exist_ok=True)
@@ -89,26 +131,19 @@ def deployment(app_dir: str | os.PathLike[str], tmp_dir: str | os.PathLike[str],
         raise ValueError("need one node config per SuperNode")
     env = flower_env(tmp)
     reaper = ProcessReaper(env[HARNESS_TAG_VAR])
-    dep = Deployment(Path(app_dir).resolve(), tmp, env, reaper)
-    venv_bin = Path(env["PATH"].split(os.pathsep)[0])
+    credentials = make_credentials(tmp / "credentials", num_supernodes) if secure else None
+    dep = Deployment(Path(app_dir).resolve(), tmp, env, reaper, credentials)
     body_ok = False
     try:
         dep.superlink, dep.address = _start_superlink(
-            reaper, env, tmp, simulation=False, log_path=tmp / "superlink.log")
-        write_flower_config(env["FLWR_HOME"], dep.address)
+            reaper, env, tmp, simulation=False, log_path=tmp / "superlink.log", credentials=credentials)
+        write_flower_config(env["FLWR_HOME"], dep.address, root_certificates=credentials and credentials.ca_cert)
         for i, node_cfg in enumerate(node_configs):
-            node_dir = tmp / f"supernode-{i}"
-            node_dir.mkdir(parents=True, exist_ok=True)
-            node_env = dict(env, FLWR_HOME=str(node_dir / "flwr_home"))
-            if isinstance(node_cfg, str):
-                cfg_arg = node_cfg
-            else:
-                cfg_arg = str(_write_toml(node_dir / "node_config.toml", node_cfg))
-            cmd = [str(venv_bin / "flower-supernode"), "--insecure", "--superlink", dep.address,
-                   "--port", str(free_port()), "--node-config", cfg_arg]
-            dep.supernodes.append(reaper.spawn(cmd, env=node_env, cwd=node_dir,
-                                               log_path=node_dir / "supernode.log"))
-            dep.supernode_dirs.append(node_dir)
+            key = None
+            if credentials is not None:
+                key = credentials.node_keys[i]
+                dep.register(key.with_suffix(".pub"))
+            dep.start_supernode(node_cfg, key)
         deadline = time.monotonic() + startup_timeout
         while True:
             ids = [_NODE_ID_RE.search(_strip_ansi(_read(d / "supernode.log"))) for d in dep.supernode_dirs]

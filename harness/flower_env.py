@@ -121,20 +121,24 @@ def flower_env(tmp_dir: str | os.PathLike[str], extra: Mapping[str, str] | None 
     return env
 
 
-def write_flower_config(flwr_home: str | os.PathLike[str], address: str, name: str = CONNECTION_NAME) -> Path:
-    """Write ``<flwr_home>/config.toml`` with one insecure connection, the default.
+def write_flower_config(flwr_home: str | os.PathLike[str], address: str, name: str = CONNECTION_NAME,
+                        root_certificates: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``<flwr_home>/config.toml`` with one connection, the default: insecure, or over
+    TLS verified against ``root_certificates`` (an absolute path, as flwr requires).
 
     The file has no ``:local:`` connection, so no ``flwr`` call can auto-start a SuperLink.
     Returns the path written.
     """
     path = Path(flwr_home) / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    security = ("insecure = true\n" if root_certificates is None
+                else f'root-certificates = "{Path(root_certificates).resolve()}"\n')
     path.write_text(
         "[superlink]\n"
         f'default = "{name}"\n\n'
         f"[superlink.{name}]\n"
         f'address = "{address}"\n'
-        "insecure = true\n",
+        + security,
         encoding="utf-8",
     )
     return path

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -107,9 +108,14 @@ class RunResult:
 # --------------------------------------------------------------------------------------
 # SuperLink
 # --------------------------------------------------------------------------------------
-def _health_ok(address: str) -> bool:
+def _health_ok(address: str, ca_cert: Path | None = None) -> bool:
+    """The SuperLink answers /health (over TLS, verified against `ca_cert`, where it has one)."""
     try:
-        with urllib.request.urlopen(f"http://{address}/health", timeout=0.5) as resp:
+        if ca_cert is None:
+            with urllib.request.urlopen(f"http://{address}/health", timeout=0.5) as resp:
+                return 200 <= resp.status < 300
+        context = ssl.create_default_context(cafile=str(ca_cert))
+        with urllib.request.urlopen(f"https://{address}/health", timeout=0.5, context=context) as resp:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -117,13 +123,20 @@ def _health_ok(address: str) -> bool:
 
 def _start_superlink(reaper: ProcessReaper, env: Mapping[str, str], cwd: Path, *,
                      simulation: bool, log_path: Path, startup_timeout: float = 30.0,
-                     attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``flower-superlink --insecure`` on a free port; wait for /health."""
+                     attempts: int = 3, credentials=None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``flower-superlink`` on a free port; wait for /health. `credentials`
+    (`harness.credentials.Credentials`): TLS with its certificates and SuperNode
+    authentication (only registered SuperNodes connect); None: ``--insecure``."""
     venv_bin = Path(env["PATH"].split(os.pathsep)[0])
+    if credentials is None:
+        security = ["--insecure"]
+    else:
+        security = ["--ssl-ca-certfile", str(credentials.ca_cert), "--ssl-certfile", str(credentials.server_cert),
+                    "--ssl-keyfile", str(credentials.server_key), "--enable-supernode-auth"]
     last_err = ""
     for _ in range(attempts):
         port = free_port()
-        cmd = [str(venv_bin / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+        cmd = [str(venv_bin / "flower-superlink"), *security, "--host", "127.0.0.1",
                "--port", str(port), "--disable-runtime-dependency-installation"]
         if simulation:
             cmd.append("--simulation")
@@ -134,7 +147,7 @@ def _start_superlink(reaper: ProcessReaper, env: Mapping[str, str], cwd: Path, *
             if proc.poll() is not None:
                 last_err = f"exited with {proc.returncode}"
                 break
-            if _health_ok(address):
+            if _health_ok(address, None if credentials is None else credentials.ca_cert):
                 return proc, address
             time.sleep(0.2)
         else:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.credentials import make_credentials
 from harness.deployment import deployment
 from harness.flower_env import git_commit
 from app.in_process import run_in_process
@@ -184,6 +185,28 @@ def test_deployment_engine_runs_the_same_app(tmp_path):
     assert summary["clients"] == 2 and 0 <= summary["accuracy"] <= 1
     assert {int(r["client"]) for r in ledger if r["kind"] == "activations"} == {0, 1}
     assert not any(pid_alive(p) for p in pids)
+
+
+def test_a_secure_deployment_trains_over_tls_and_refuses_unregistered_supernodes(tmp_path):
+    """TLS with throw-away certificates and SuperNode authentication (Flower's own): two
+    registered SuperNodes train; one whose key was never registered, and one with no key, are
+    refused (they exit with Flower's exit code 305 and its message in their log)."""
+    configs = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    with deployment(APP, tmp_path / "deployment", num_supernodes=2, node_configs=configs, secure=True) as dep:
+        assert "--enable-supernode-auth" in dep.superlink.args and "--insecure" not in dep.superlink.args
+        stranger = make_credentials(tmp_path / "stranger", 1).node_keys[0]
+        refused = [dep.start_supernode(configs[0], stranger), dep.start_supernode(configs[1], None)]
+        assert all(p.wait(timeout=120) != 0 for p in refused)
+        unregistered, keyless = dep.supernode_logs()[-2:]
+        assert "Exit Code: 305" in unregistered and "Failed to activate SuperNode" in unregistered, unregistered[-2000:]
+        assert "Exit Code: 305" in keyless and "SuperNode authentication is enabled" in keyless, keyless[-2000:]
+        out = tmp_path / "results"
+        result = dep.submit({**TINY, "test-fraction": 0.9, "public-fraction": 0.05, "output-dir": str(out),
+                             "run-name": "tls"}, timeout=600)
+        assert result.ok, result.describe()
+    summary, ledger, _ = results(out / "tls")
+    assert summary["clients"] == 2 and 0 <= summary["accuracy"] <= 1
+    assert {int(r["client"]) for r in ledger if r["kind"] == "activations"} == {0, 1}
 
 
 def test_the_same_config_gives_the_same_numbers(link, tmp_path):

@@ -272,3 +272,29 @@ def test_deployment_echo(tmp_path):
         pids = dep.pids
         assert len(pids) >= 6  # SuperLink + SuperExec, 2 x (SuperNode + SuperExec)
     assert_all_dead(pids)
+
+
+def test_credentials_name_the_superlink_hosts_and_make_openssh_node_keys(tmp_path):
+    """`python -m harness.credentials DIR --host ...`: the SuperLink's certificate carries each
+    host as a DNS name or an IP address and is signed by the CA; node keys are OpenSSH EC keys
+    (what `flwr supernode register` takes); a negative count is refused by name."""
+    import subprocess
+
+    from cryptography import x509
+
+    out = subprocess.run([sys.executable, "-m", "harness.credentials", str(tmp_path / "c"), "--supernodes", "2",
+                          "--host", "sl.example.org", "--host", "10.0.0.5"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0, out.stderr
+    cert = x509.load_pem_x509_certificate((tmp_path / "c" / "server.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((tmp_path / "c" / "ca.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["sl.example.org"]
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    cert.verify_directly_issued_by(ca)
+    pubs = sorted(p.name for p in (tmp_path / "c").glob("supernode-*.pub"))
+    assert pubs == ["supernode-0.pub", "supernode-1.pub"]
+    assert (tmp_path / "c" / "supernode-0.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    bad = subprocess.run([sys.executable, "-m", "harness.credentials", str(tmp_path / "d"), "--supernodes", "-1"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert bad.returncode == 2 and "--supernodes must be >= 0" in bad.stderr
