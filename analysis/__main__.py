@@ -1,11 +1,11 @@
 """python -m analysis RUNS_DIR [RUNS_DIR ...] --out DIR [--network 4g wifi ethernet NAME=UP,DOWN,RTT] [--note TEXT]
 
 Writes comm_table.{csv,md,tex}, network_time.{csv,md}, accuracy_vs_bits.{png,pdf},
-accuracy_vs_bytes.{png,pdf}, training_curves.{png,pdf} (loss and accuracy per round),
-entropy.{png,pdf} when a run chose its bits by calibration and,
-when a run holds privacy.json (attacks after training), privacy_table.{csv,md,tex},
-privacy_vs_bits.{png,pdf}, reconstructions.{png,pdf} (one more per further data set) and
-tradeoff.{png,pdf}; prints the tables. Accuracies and attack scores are means over seeds with
+accuracy_vs_bytes.{png,pdf}, training_curves.{png,pdf} (loss and accuracy per round; each of
+the three once more per further data set, as <name>_<dataset>), entropy.{png,pdf} when a run
+chose its bits by calibration and, when a run holds privacy.json (attacks after training),
+privacy_table.{csv,md,tex}, privacy_vs_bits.{png,pdf} and reconstructions.{png,pdf} (one more
+per further data set) and tradeoff.{png,pdf}; prints the tables. Accuracies and attack scores are means over seeds with
 95% Student t intervals; comparisons with fp32 are paired by seed (see analysis/stats.py).
 `--note` (for instance the machine the runs were measured on) is added to the figures' titles
 and the tables' captions.
@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                                          + (f". {note}." if note else "") + "\n\n"
                                          + shown_times.to_markdown(index=False, disable_numparse=True) + "\n")
     written += [out / "network_time.csv", out / "network_time.md"]
-    written += plots.accuracy_vs_bits(table, comm_table.paired_deltas(comm_table.per_run(runs)), runs, out, note)
-    written += plots.accuracy_vs_bytes(runs, out, note)
-    written += plots.training_curves(runs, out, note)
+    for suffix, own in plots.by_dataset(runs):  # a figure per data set: tasks share no accuracy axis
+        written += plots.accuracy_vs_bits(comm_table.comm_table(own), comm_table.paired_deltas(comm_table.per_run(own)),
+                                          own, out, note, stem="accuracy_vs_bits" + suffix)
+        written += plots.accuracy_vs_bytes(own, out, note, stem="accuracy_vs_bytes" + suffix)
+        written += plots.training_curves(own, out, note, stem="training_curves" + suffix)
     auto = [r for r in runs if r.calibration]
     if auto:
         written += plots.entropy_figure(sorted(auto, key=lambda r: r.seed)[0], out, note)

@@ -6,6 +6,8 @@ to each figure's title."""
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +30,7 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
     fig.tight_layout()
     for path in paths:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=150, bbox_inches="tight")  # with what lies outside the axes (legends below)
     plt.close(fig)
     return paths
 
@@ -62,7 +64,7 @@ def _bars(mean, low, high) -> np.ndarray:
 
 
 def accuracy_vs_bits(table: pd.DataFrame, per_run: pd.DataFrame, runs: list[Run], out_dir: Path,
-                     note: str = "") -> list[Path]:
+                     note: str = "", stem: str = "accuracy_vs_bits") -> list[Path]:
     """Left: mean accuracy against bits per quantizer (bars: 95% t interval over seeds, dots:
     the seeds), fp32 / fp16 and FedAvg as reference lines (their interval in the legend),
     bits="auto" as a star at its effective width. Right: the mean paired difference to the fp32 run of the same
@@ -145,10 +147,26 @@ def accuracy_vs_bits(table: pd.DataFrame, per_run: pd.DataFrame, runs: list[Run]
     ax.set_title("Accuracy: mean over seeds (bars: 95% t CI, dots: the seeds)")
     ax_d.set_ylabel("accuracy minus fp32's, same seed (percentage points)")
     ax_d.set_title("Cost of the bits: paired with fp32 by seed (bars: 95% t CI)")
-    ax.legend(loc="lower right")
-    ax_d.legend(loc="lower right")
+    for a in (ax, ax_d) if paired else (ax,):  # below the panels: inside, they hide the lower widths' points
+        if a.get_legend_handles_labels()[0]:
+            a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8)
     fig.suptitle(_title(f"Accuracy vs bits at the cut ({_task(runs)})", note))
-    return _save(fig, out_dir, "accuracy_vs_bits")
+    return _save(fig, out_dir, stem)
+
+
+def by_dataset(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """The runs per data set, the one with the most runs first, as (the suffix of its figures'
+    names: "" for the first, "_<dataset>" for the others, and copies of its runs whose settings
+    name what differs among them alone): accuracies of different tasks share no axis."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.config["dataset"]] = counts.get(run.config["dataset"], 0) + 1
+    order = sorted(counts, key=lambda d: -counts[d])  # stable: ties keep the runs' order
+    out = []
+    for i, dataset in enumerate(order):
+        own = label_settings([copy.copy(r) for r in runs if r.config["dataset"] == dataset])
+        out.append(("" if i == 0 else "_" + re.sub(r"[^A-Za-z0-9._-]+", "_", dataset), own))
+    return out
 
 
 def _fraction_limits(ax) -> None:
@@ -179,7 +197,7 @@ def _settings(runs: list[Run]):
         yield i, label, groups[key]
 
 
-def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "") -> list[Path]:
+def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "", stem: str = "accuracy_vs_bytes") -> list[Path]:
     """Accuracy after each round against the cumulative bytes sent (whole serialized messages,
     set-up folded into round 1), mean over seeds with its 95% t interval (bars), one curve per
     setting: bytes up (what the quantizer at the cut controls) and bytes up + down."""
@@ -216,10 +234,10 @@ def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "") -> list[Pa
     axes[1].legend(fontsize=8, ncol=2, loc="lower right")
     fig.suptitle(_title(f"Accuracy vs bytes sent ({_task(runs)}; a point per round: mean over seeds, "
                         "bars: 95% t CI)", note))
-    return _save(fig, out_dir, "accuracy_vs_bytes")
+    return _save(fig, out_dir, stem)
 
 
-def training_curves(runs: list[Run], out_dir: Path, note: str = "") -> list[Path]:
+def training_curves(runs: list[Run], out_dir: Path, note: str = "", stem: str = "training_curves") -> list[Path]:
     """Training loss and test accuracy after each round, one curve per setting (strategy,
     quantizer, width): the mean over its seeds and, with two seeds or more, the 95% t interval
     as a band (the loss: geometric mean, the interval taken of log10 loss). Runs whose metrics
@@ -254,7 +272,7 @@ def training_curves(runs: list[Run], out_dir: Path, note: str = "") -> list[Path
     axes[1].legend(fontsize=7, ncol=2, loc="lower right")
     fig.suptitle(_title(f"Training curves ({_task(runs)}; mean over seeds (loss: geometric), bands: 95% t CI)",
                         note))
-    return _save(fig, out_dir, "training_curves")
+    return _save(fig, out_dir, stem)
 
 
 def entropy_figure(run: Run, out_dir: Path, note: str = "") -> list[Path]:

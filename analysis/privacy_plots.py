@@ -27,6 +27,8 @@ import matplotlib
 import matplotlib.colors
 import matplotlib.lines
 import matplotlib.ticker
+from matplotlib.container import ErrorbarContainer
+from matplotlib.lines import Line2D
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -147,9 +149,48 @@ def _draw(ax, curves, colours, table, x_column: str, y_column: str, scale: float
 
 
 def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: str = "") -> list[Path]:
-    """Leakage against bits (module doc). x: the bits per element of the modality the attack
-    reads (image tokens for the image and label attacks, text tokens for the token attacks),
-    fp16 / fp32 at 16 / 32, log2 scale."""
+    """Leakage against bits (module doc), one figure per data set: `privacy_vs_bits` for the
+    data set with the most rows, then `privacy_vs_bits_<dataset>`. x: the bits per element of
+    the modality the attack reads (image tokens for the image and label attacks, text tokens
+    for the token attacks), fp16 / fp32 at 16 / 32, log2 scale. The curves share one legend
+    below the panels; each panel's own legend names its reference lines."""
+    written = []
+    for i, dataset in enumerate(table.dataset.value_counts(sort=True).index if len(table) else [None]):
+        part = table if dataset is None else _local_settings(table[table.dataset == dataset])
+        kept = [r for r in runs if dataset is None or r.config.get("dataset") == dataset]
+        stem = "privacy_vs_bits" if i == 0 else "privacy_vs_bits_" + re.sub(r"[^A-Za-z0-9._-]+", "_", str(dataset))
+        written += _privacy_vs_bits(part, kept, out_dir, note, stem)
+    return written
+
+
+def _local_settings(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with each row's settings less the "key=value" parts every row of it shares (the
+    settings column names what differs among all runs analysed; one data set's rows share
+    some of it, the preset say)."""
+    parts = [[p for p in str(v).split(", ") if p] for v in table.settings.fillna("")]
+    common = set.intersection(*(set(p) for p in parts)) if parts else set()
+    return table.assign(settings=[", ".join(p for p in ps if p not in common) for ps in parts])
+
+
+def _legend(ax, curves_too: bool = False) -> None:
+    """The panel's legend: its reference lines (and its curves where `curves_too`); the
+    curves are named once, in the figure's legend."""
+    handles, labels = ax.get_legend_handles_labels()
+    keep = [(h, l) for h, l in zip(handles, labels) if curves_too or not isinstance(h, ErrorbarContainer)]
+    if keep:
+        ax.legend(*zip(*keep), fontsize=6, framealpha=0.5)
+
+
+def _figure_legend(fig, ax) -> None:
+    """One legend for the curves of `ax` (every image curve), below the panels."""
+    handles, labels = ax.get_legend_handles_labels()
+    curves = [(h, l) for h, l in zip(handles, labels) if isinstance(h, ErrorbarContainer)]
+    if curves:
+        fig.legend(*zip(*curves), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=7,
+                   frameon=False)
+
+
+def _privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: str, stem: str) -> list[Path]:
     attacks = attacks_of(table)
     image = [n for n, k in attacks if k == "image"]
     each = [n for n in image if n != "best"]
@@ -172,7 +213,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
         ax_psnr.set_ylabel("PSNR of the reconstructions (dB)")
         what = "leakage, the best attack per run" if name == "best" else name
         ax_psnr.set_title(f"{what}: PSNR (higher: more recovered)")
-        ax_psnr.legend(fontsize=6, framealpha=0.5)
+        _legend(ax_psnr)
         if f"{p}_attack_accuracy" in table and table[f"{p}_attack_accuracy"].notna().any():
             xs = _draw(ax_acc, curves, colours, table, "image_bits", f"{p}_attack_accuracy")
             _references(ax_acc, table, "classifier_clean_accuracy", "classifier on the clean images", "", 3, "-.",
@@ -182,7 +223,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
             plots._fraction_limits(ax_acc)
             ax_acc.set_ylabel("attack accuracy (fraction classified right)")
             ax_acc.set_title(f"{what}: the class recognised in the reconstructions")
-            ax_acc.legend(fontsize=6, framealpha=0.5)
+            _legend(ax_acc)
         else:
             ax_acc.set_axis_off()
             ax_acc.set_title(f"{what}: no attack accuracy (the data set has no image classes)")
@@ -194,14 +235,14 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
         xs = []
         for name in text:
             xs += _draw(ax_tok, curves, colours, table, "text_bits", f"{prefix(name)}_token_accuracy",
-                        suffix=f"; attack {name}", marker=TEXT_MARKERS.get(name, "^"))
+                        marker=TEXT_MARKERS.get(name, "^"))
         if text:
             _references(ax_tok, table, f"{prefix(text[0])}_baseline_accuracy", "positional prior", "", 3, ":", "black")
             _log2_axis(ax_tok, xs, "bits per text element sent up (bits, log scale)")
             plots._fraction_limits(ax_tok)
             ax_tok.set_ylabel("question tokens recovered (fraction)")
             ax_tok.set_title("Text attacks: token accuracy")
-            ax_tok.legend(fontsize=6, framealpha=0.5)
+            _text_attack_markers(ax_tok, text)
         else:
             ax_tok.set_axis_off()
         xs = []
@@ -211,12 +252,12 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
                         suffix="" if name == "labels" else f"; attack {name}")
             _references(ax_lab, table, f"{p}_majority_baseline", "majority answer", "", 3, "-.", "black")
             _references(ax_lab, table, f"{p}_chance", "chance", "", 3, ":", "grey")
-        if labels:
+        if labels and xs:  # none where this data set has no label rows
             _log2_axis(ax_lab, xs, image_axis)
             plots._fraction_limits(ax_lab)
             ax_lab.set_ylabel("labels inferred right (fraction)")
             ax_lab.set_title("Label inference: accuracy")
-            ax_lab.legend(fontsize=6, framealpha=0.5)
+            _legend(ax_lab, curves_too=True)
         else:
             ax_lab.set_axis_off()
     if not rows:
@@ -225,7 +266,9 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
     fig.suptitle(plots._title(f"Leakage vs bits at the cut ({_task(table, runs)};\na point: mean over seeds, "
                               "bars: 95% t CI; " + ", ".join(f"{STYLE_NAMES[LINE_STYLES[lv]]}: {lv}"
                                                                 for lv in LINE_STYLES) + ")", note))
-    return plots._save(fig, Path(out_dir), "privacy_vs_bits")
+    if rows:
+        _figure_legend(fig, axes[0][0])
+    return plots._save(fig, Path(out_dir), stem)
 
 
 def _ceiling_panel(ax, curves, colours, table: pd.DataFrame, image_axis: str) -> None:
@@ -239,7 +282,17 @@ def _ceiling_panel(ax, curves, colours, table: pd.DataFrame, image_axis: str) ->
     _log2_axis(ax, xs, image_axis)
     ax.set_ylabel("bits per image crossing the cut (entropy coded, log scale)")
     ax.set_title("Information ceiling: no attack learns more than crosses")
-    ax.legend(fontsize=6, framealpha=0.5)
+    _legend(ax)
+
+
+def _text_attack_markers(ax, attacks: list[str]) -> None:
+    """The text panel's legend: its reference lines and the marker of each token attack (the
+    curves' colours and styles are the figure legend's)."""
+    handles, labels = ax.get_legend_handles_labels()
+    keep = [(h, l) for h, l in zip(handles, labels) if not isinstance(h, ErrorbarContainer)]
+    keep += [(Line2D([], [], color="black", marker=TEXT_MARKERS.get(a, "^"), linestyle="none"), f"attack {a}")
+             for a in attacks]
+    ax.legend(*zip(*keep), fontsize=6, framealpha=0.5)
 
 
 def _attacks_panel(ax, table: pd.DataFrame, attacks: list[str], image_axis: str) -> None:

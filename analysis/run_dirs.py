@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from sltestbed.experiment import LOCATION_KEYS, ExperimentConfig
+
 REQUIRED = ("config.json", "summary.json", "ledger.csv", "metrics.csv")
 # strategies whose clients take turns (one at a time); in the others the clients of an
 # exchange send at the same time
@@ -37,10 +39,11 @@ TURN_TAKING = ("sequential", "splitfed-v2")
 QUANTIZER_ORDER = ("learned", "fsq", "uniform", "nf", "topk", "bf16", "fp16", "fp32")
 COMPRESSION_KEYS = ("quantizer", "bits", "image-bits", "text-bits", "entropy-coding", "auto-batches",
                     "auto-max-rel-mse")
-BOOKKEEPING_KEYS = ("strategy", "seed", "output-dir", "run-name", "cache-dir", "save-model",
-                    "benchmark-roundtrips", "step-timeout")
+BOOKKEEPING_KEYS = ("strategy", "seed", *LOCATION_KEYS, "save-model", "benchmark-roundtrips", "step-timeout")
 # the attacks after training (they change nothing of the training, see the module doc)
 ATTACK_KEYS = ("attack", "public-size", "attack-samples", "attack-steps")
+# the run-config defaults: a run written before a key existed ran at its default
+RUN_DEFAULTS = ExperimentConfig().results_config()
 # what the analysis reads from each file
 SUMMARY_KEYS = ("accuracy", "strategy", "quantizer", "bits", "entropy_coding", "seed")
 CONFIG_KEYS = ("num-rounds", "local-epochs", "dataset")
@@ -104,8 +107,10 @@ class Run:
         return (self.strategy, self.quantizer, self.bits, self.entropy_coding, self.settings)
 
     def settings_of(self) -> dict:
-        """The config less the compression, strategy, seed, bookkeeping and attack keys (module doc)."""
-        return {k: v for k, v in self.config.items() if k not in COMPRESSION_KEYS + BOOKKEEPING_KEYS + ATTACK_KEYS}
+        """The config less the compression, strategy, seed, bookkeeping and attack keys (module
+        doc); a key the run predates counts at its default (as the sweep compares configs)."""
+        config = {**{k: v for k, v in RUN_DEFAULTS.items() if k not in self.config}, **self.config}
+        return {k: v for k, v in config.items() if k not in COMPRESSION_KEYS + BOOKKEEPING_KEYS + ATTACK_KEYS}
 
     @property
     def reconstructions(self) -> Path | None:

@@ -318,6 +318,57 @@ def test_pairs_need_the_same_settings(tmp_path):
     assert list(zip(shown["settings"], shown["quantizer"])) == [("lr=0.002", "fp32"), ("lr=0.01", "learned")]
 
 
+def test_a_run_from_before_a_key_existed_counts_at_its_default(tmp_path):
+    """A run whose config.json predates a key (written by older code) ran at that key's
+    default: it pairs with an fp32 run that records the default, and with none that sets
+    another value. Where and how a run was written (tensorboard, checkpoint) never counts."""
+    write_run(tmp_path, "parallel", "learned", 2, 0, 0.87, parallel(2))
+    write_run(tmp_path, "parallel", "fp32", 32, 0, 0.90, parallel(32), precision="fp32", tensorboard=True)
+    config = tmp_path / "parallel-learned-2b-seed0" / "config.json"
+    stored = json.loads(config.read_text())
+    stored["config"].pop("precision", None)
+    config.write_text(json.dumps(stored))
+    rows = {r.quantizer: r for r in ct.comm_table(load_runs([tmp_path])).itertuples(index=False)}
+    assert rows["learned"].settings == rows["fp32"].settings == ""
+    assert rows["learned"].accuracy_vs_fp32_pairs == 1
+    write_run(tmp_path, "parallel", "fp32", 32, 1, 0.90, parallel(32), precision="bf16")
+    runs = load_runs([tmp_path])
+    assert {r.directory.name: r.settings for r in runs} == {
+        "parallel-learned-2b-seed0": "precision=fp32", "parallel-fp32-32b-seed0": "precision=fp32",
+        "parallel-fp32-32b-seed1": "precision=bf16"}
+
+
+def test_each_data_set_gets_its_own_accuracy_figures(tmp_path, monkeypatch):
+    """Accuracies of different tasks share no axis: the data set with the most runs draws
+    accuracy_vs_bits (and the bytes and training-curve figures), another <name>_<dataset>,
+    each from its own runs, whose labels leave out what they all share."""
+    from analysis import plots
+
+    write_run(tmp_path, "parallel", "learned", 2, 0, 0.87, parallel(2))
+    write_run(tmp_path, "parallel", "fp32", 32, 0, 0.90, parallel(32))
+    write_run(tmp_path / "shapes", "parallel", "fp32", 32, 0, 0.40, parallel(32), dataset="shapes-vqa",
+              preset="wide")
+    kept = {}
+
+    def keep(fig, out_dir, stem):
+        kept[stem] = fig
+        return []
+
+    monkeypatch.setattr(plots, "_save", keep)
+    assert analysis_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    try:
+        assert {"accuracy_vs_bits", "accuracy_vs_bits_shapes-vqa", "accuracy_vs_bytes_shapes-vqa",
+                "training_curves_shapes-vqa"} <= set(kept)
+        digits, shapes = kept["accuracy_vs_bits"], kept["accuracy_vs_bits_shapes-vqa"]
+        assert "digits-vqa" in digits._suptitle.get_text() and "shapes" not in digits._suptitle.get_text()
+        assert "shapes-vqa" in shapes._suptitle.get_text()
+        lines = [t.get_text() for t in digits.axes[0].get_legend().get_texts()]
+        assert any(t.startswith("fp32: 0.9000") for t in lines) and not any("dataset=" in t for t in lines), lines
+    finally:
+        for fig in kept.values():
+            plots.plt.close(fig)
+
+
 def test_the_csv_and_the_shown_tables(runs_dir, tmp_path):
     frame = ct.comm_table(load_runs([runs_dir]))
     ct.write_table(frame, tmp_path, caption=ct.CAPTION)
@@ -642,10 +693,10 @@ def test_figures_draw_the_intervals_with_titles_units_and_legends(runs_dir, monk
 
 def test_the_analysis_imports_no_torch():
     """Only the standard library, numpy, pandas, scipy, matplotlib, the package itself and the
-    library's label protocol table (which imports nothing heavy): the rest of the project pulls in
-    torch."""
+    library's label protocol table and run-config defaults (which import nothing heavy): the rest
+    of the project pulls in torch."""
     allowed = {"numpy", "pandas", "scipy", "matplotlib", "analysis"} | set(sys.stdlib_module_names)
-    allowed_library = {"sltestbed.label_protocol"}
+    allowed_library = {"sltestbed.label_protocol", "sltestbed.experiment"}
     package = Path(__file__).resolve().parents[1] / "analysis"
     modules = sorted(package.glob("*.py"))
     assert {p.name for p in modules} >= {"__init__.py", "__main__.py", "run_dirs.py", "stats.py", "comm_table.py",

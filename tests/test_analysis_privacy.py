@@ -436,6 +436,40 @@ def test_leakage_vs_bits_draws_the_intervals_and_baselines(figures):
     assert {"majority answer: 0.350", "chance: 0.083"} <= {line.get_label() for line in labels.get_lines()}
 
 
+def test_leakage_vs_bits_is_one_figure_per_data_set_with_its_curves_named_once(tmp_path, monkeypatch):
+    """Two data sets: `privacy_vs_bits` for the one with more rows, `privacy_vs_bits_<name>`
+    for the other, each with only its own curves, named once in the figure's legend (the
+    panels' legends hold reference lines); settings every row of a figure shares (its preset)
+    are left out of its labels."""
+    for bits in (1, 2):
+        write_run(tmp_path, "parallel", "learned", bits, 0, ["public-base"], preset="tiny")
+    write_run(tmp_path, "parallel", "learned", 2, 0, ["public-base"], dataset="shapes-vqa", preset="wide")
+    runs = load_runs([tmp_path])
+    table = privacy.privacy_table(runs)
+    kept = {}
+
+    def keep(fig, out_dir, stem):
+        kept[stem] = fig
+        return [Path(out_dir) / f"{stem}.png"]
+
+    monkeypatch.setattr(plots, "_save", keep)
+    written = privacy_plots.privacy_vs_bits(table, runs, tmp_path)
+    assert [p.name for p in written] == ["privacy_vs_bits.png", "privacy_vs_bits_shapes-vqa.png"]
+    try:
+        for stem, dataset, ticks in (("privacy_vs_bits", "digits-vqa", [1, 2]),
+                                     ("privacy_vs_bits_shapes-vqa", "shapes-vqa", [2])):
+            fig = kept[stem]
+            assert dataset in fig._suptitle.get_text()
+            psnr = fig.axes[0]
+            assert sorted(psnr.get_xticks()) == ticks
+            (legend,) = fig.legends
+            assert [t.get_text() for t in legend.get_texts()] == ["learned"]  # one level: not named
+            assert not any("learned" in t.get_text() for t in psnr.get_legend().get_texts())
+    finally:
+        for fig in kept.values():
+            plots.plt.close(fig)
+
+
 def test_reconstructions_show_the_same_samples_at_each_width(figures, runs):
     (dataset, chosen), = privacy_plots.reconstruction_choice(runs)
     # parallel has the most widths; seed 0, the lowest; in the bits order of the other figures
