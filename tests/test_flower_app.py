@@ -227,3 +227,25 @@ def test_the_same_config_gives_the_same_numbers(link, tmp_path):
                        r["serialized_bytes"]) for r in ledger)
 
     assert rows(ledger1) == rows(ledger2)
+
+
+def test_eight_supernodes_on_dirichlet_partitions_sample_a_quarter_each_round(link, tmp_path):
+    """8 SuperNodes, Dirichlet(0.3) partitions, client sampling 0.25: each round trains 2 of
+    them (training activations come up from exactly those), evaluation reaches all 8, every
+    node's partition is recorded, and the run ends with an accuracy."""
+    result, out = run(link, tmp_path, num_supernodes=8, **{"num-rounds": 2, "partitioner": "dirichlet",
+                                                            "alpha": 0.3, "fraction": 0.25, "test-fraction": 0.5})
+    assert result.ok, result.describe()
+    summary, ledger, metrics = results(out)
+    assert summary["clients"] == 8 and 0 <= summary["accuracy"] <= 1
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(int(c["partition"]) for c in config["clients"]) == list(range(8))
+    sizes = [int(c["train_size"]) for c in config["clients"]]
+    assert max(sizes) > 2 * min(sizes)  # Dirichlet(0.3): far from equal
+    for rnd in (1, 2):
+        def senders(message_type):
+            return {int(r["client"]) for r in ledger if r["kind"] == "activations" and int(r["round"]) == rnd
+                    and r["message_type"] == message_type}
+        assert len(senders("train.step")) == 2, (rnd, senders("train.step"))  # trained: the sampled quarter
+        assert senders("evaluate.forward") == set(range(8))  # evaluated: every node's test shard
+    assert [int(m["round"]) for m in metrics] == [1, 2]
