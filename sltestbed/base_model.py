@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .base_delivery import is_delivered, load_delivered
 from .experiment import ExperimentConfig
 from .model import TinyLlava, TinyLlavaConfig, preset
 from .model.pretrained import pretrained_fields
@@ -144,6 +145,8 @@ def build_model(cfg: ExperimentConfig, base: str | TinyLlava | None, vocab_size:
         model = TinyLlava(base.config.replace(**overrides))
         model.load_weights(base.state_dict())
         return model
+    if is_delivered(base):  # base-delivery = flower: the client part a client received
+        return load_delivered(base, cfg.seed, **overrides)
     if base:
         return TinyLlava.from_pretrained(base, **overrides)
     torch.manual_seed(cfg.seed)

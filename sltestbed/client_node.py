@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import calibration, wire
+from .base_delivery import DELIVERED, delivered_dir, save_delivered
 from .base_model import build_model
 from .experiment import ExperimentConfig
 from .averaging import load_trained, model_weights
@@ -74,7 +75,17 @@ class ClientNode:
         return self.cfg
 
     def model(self, cfg: ExperimentConfig, base: str):
-        return build_model(cfg, base or None, vocab_size(cfg))
+        return build_model(cfg, self.base_dir(base), vocab_size(cfg))
+
+    def base_dir(self, base: str) -> str | None:
+        """Where this node reads the base a meta names: the path itself, or for
+        `flower:<fingerprint>` the copy the server delivered to this node's cache directory."""
+        if not base.startswith(DELIVERED):
+            return base or None
+        directory = delivered_dir(self.cfg.cache_dir, base[len(DELIVERED):])
+        if not os.path.isdir(directory):
+            raise ValueError(f"the base {base} was never delivered to this node (no {os.path.abspath(directory)})")
+        return directory
 
     def start(self, meta: StepMeta) -> ClientRole:
         """The role, built on first contact from what the server's meta says."""
@@ -128,6 +139,15 @@ class ClientNode:
         report = calibration.calibrate(part, self.train, meta.batch_size, meta.batches, self.cfg.seed + self.partition,
                                        meta.max_rel_mse)
         return Content(calibration=calibration.to_dict(report))
+
+    def _base(self, request: Content, hooks: FaultHooks) -> Content:
+        """base-delivery = flower: keep the base's client part the server sent (checked first)."""
+        if request.part is None:
+            raise ValueError("query.base carried no weights")
+        meta = request.meta
+        save_delivered(delivered_dir(self.cfg.cache_dir, meta.fingerprint), meta.config, request.part,
+                       self.cfg.cut_layers)
+        return Content()
 
     def _echo(self, request: Content, hooks: FaultHooks) -> Content:
         """A bare round trip: no model, a reply of the requested size (the benchmark's reference)."""

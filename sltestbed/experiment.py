@@ -29,6 +29,7 @@ ATTACKS = ("none", "inversion", "all")  # after training: none; lookups, code cl
 # the testing hook: the ClientApp raises, answers too late, its process dies, or it sends activations whose
 # header lies about their shape (a consistent payload with a valid checksum)
 FAULTS = ("raise", "stall", "kill", "lie")
+BASE_DELIVERIES = ("path", "flower")  # clients read `base` (shared disk) / get their part once (sltestbed.base_delivery)
 CACHE_DIR = os.path.join(".cache", "sltestbed")  # where base models are cached (relative: to the working directory)
 
 
@@ -79,6 +80,7 @@ class ExperimentConfig:
     train_modules: str = "connector,quantizers,lm"
     distortion_weight: float = 0.25
     base: str = "auto"
+    base_delivery: str = "path"  # how the clients get the base: path (they read `base` themselves) or flower (sent once)
     base_epochs: int = 60  # the base model's recipe: also `python -m sltestbed.train`'s centralized reference
     base_lr: float = 3e-3
     base_batch_size: int = 64
@@ -239,8 +241,10 @@ class ExperimentConfig:
             if changed:
                 raise ValueError(f"run config {', '.join(repr(k) for k in changed)}: for a Hugging Face data set only "
                                  f"(dataset = 'hf:<path or hub name>'), not {self.dataset!r}")
-        if self.base not in ("auto", "none") and not os.path.isdir(self.base):
-            raise ValueError(f"run config 'base' = {self.base!r}: no such model directory (or use 'auto' / 'none')")
+        choose("base-delivery", self.base_delivery, BASE_DELIVERIES)
+        if self.base_delivery == "path" and self.base not in ("auto", "none") and not os.path.isdir(self.base):
+            raise ValueError(f"run config 'base' = {self.base!r}: no such model directory (or use 'auto' / 'none'; "
+                             f"with base-delivery = 'flower' only the server reads it)")
 
     # --- derived --------------------------------------------------------------------------
     @property
@@ -317,10 +321,8 @@ class ExperimentConfig:
         return parse_cut(self.cut, self.lm_layers)
 
     def model_fields(self) -> dict:
-        """The model-config fields the Hugging Face models decide (`model.pretrained`): {} for
-        the preset's own parts."""
+        """The model-config fields the Hugging Face models decide ({} for the preset's parts)."""
         from .model.pretrained import pretrained_fields
-
         return pretrained_fields(self.vision_model, self.language_model, self.vision_feature_layer)
 
     @property
@@ -346,8 +348,7 @@ class ExperimentConfig:
         return self.dataset.strip().lower().startswith("hf:")
 
     def dataset_options(self) -> tuple:
-        """The data set's own options as sorted (key, value) pairs: a Hugging Face data set's
-        split and columns (`data.load_hf_vqa`); () for the generated ones."""
+        """A Hugging Face data set's split and columns as sorted (key, value) pairs; () otherwise."""
         if not self.hf_dataset:
             return ()
         return tuple(sorted({"split": self.dataset_split, "image_column": self.image_column,
@@ -361,8 +362,7 @@ class ExperimentConfig:
         return Compute.of(self.device, self.precision)
 
     def model_overrides(self) -> dict:
-        """The model-config keys a run sets on its base: the quantizers at the cut, the LoRA
-        adapters."""
+        """The model-config keys a run sets on its base: the quantizers at the cut, LoRA."""
         return {"quantizer": self.quantizer, "bits": self.act_bits, "modality_bits": self.widths,
                 "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "lora_targets": self.lora_targets,
                 "lora_parts": self.lora_parts}

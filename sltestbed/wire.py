@@ -71,6 +71,22 @@ class CalibrationRequest:
 
 
 @dataclass(frozen=True)
+class BaseRequest:
+    """base-delivery = flower: the base model's fingerprint (what the clients' metas name it
+    by) and its model config (JSON), beside the client part's weights in `part`."""
+
+    fingerprint: str
+    config: str
+
+    def record(self) -> dict:
+        return {"fingerprint": self.fingerprint, "config": self.config}
+
+    @classmethod
+    def from_record(cls, r: dict) -> "BaseRequest":
+        return cls(str(r["fingerprint"]), str(r["config"]))
+
+
+@dataclass(frozen=True)
 class EchoRequest:
     reply_bytes: int
 
@@ -111,7 +127,7 @@ class LocalResult:
         return cls(int(r["num_examples"]), float(r["loss"]))
 
 
-Meta = StepMeta | CalibrationRequest | EchoRequest | NodeInfo | LocalResult
+Meta = StepMeta | CalibrationRequest | BaseRequest | EchoRequest | NodeInfo | LocalResult
 
 
 # --- the other records ----------------------------------------------------------------------
@@ -184,10 +200,13 @@ class MessageType:
 
 STEP, LOGITS, PART, EVAL, SCORE = "train.step", "train.logits", "query.part", "evaluate.forward", "evaluate.score"
 INFO, CALIBRATE, ECHO, LOCAL, EVAL_LOCAL = "query.info", "query.calibrate", "query.echo", "train.local", "evaluate.local"
+BASE = "query.base"
 STATE, RESTORE = "query.state", "train.restore"  # checkpoints: outside the protocol, never in the ledger
 PENDING = ("grads", "part")  # what waits for a client rides with its next role message
 MESSAGES: dict[str, MessageType] = {m.name: m for m in (
     MessageType(INFO, (), (), "_info", request_meta=None, reply_meta=NodeInfo, setup=True),
+    MessageType(BASE, ("part",), (), "_base", request_meta=BaseRequest, setup=True,
+                note="base-delivery=flower: the base's client part, once per node"),
     MessageType(CALIBRATE, (), ("calibration",), "_calibrate", request_meta=CalibrationRequest, setup=True,
                 note="bits=auto: the entropy report"),
     MessageType(ECHO, ("echo",), ("echo",), "_echo", request_meta=EchoRequest, note="round-trip benchmark"),

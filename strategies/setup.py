@@ -7,16 +7,18 @@ no I/O and a test can hand one any set-up it likes.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 from sltestbed import calibration, wire
+from sltestbed.base_delivery import DELIVERED, client_part_weights, fingerprint
 from sltestbed.base_model import BaseSpec, build_model, ensure_base_model
 from sltestbed.experiment import ExperimentConfig
 from sltestbed.model import TinyLlava
 from sltestbed.splits import question_types, splits
 from sltestbed.trainer import TensorData
-from sltestbed.wire import CalibrationRequest, Content
+from sltestbed.wire import BaseRequest, CalibrationRequest, Content
 
 from .transport import Failure, Transport, exchange
 
@@ -40,6 +42,12 @@ class RunSetup:
     base: TinyLlava | None = None  # the same, loaded
     calibration: dict = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)  # nodes dropped during set-up
+    delivered: str = ""  # base-delivery = flower: the name the clients know their copy by (flower:<fingerprint>)
+
+    @property
+    def client_base(self) -> str:
+        """The base as the clients' metas name it: the delivered copy, else the path ("": none)."""
+        return self.delivered or self.base_dir or ""
 
     def new_model(self) -> TinyLlava:
         """The run's model (server side), from the base with the run's quantizers."""
@@ -55,6 +63,8 @@ def prepare_run(cfg: ExperimentConfig, transport: Transport, log=print) -> RunSe
     clients = discover(transport, failures, log)
     setup = RunSetup(cfg, clients, len(tokenizer), question_types(cfg), base_dir,
                      TinyLlava.from_pretrained(base_dir) if base_dir else None, failures=failures)
+    if cfg.base_delivery == "flower" and base_dir:
+        setup.delivered = deliver_base(setup, transport, log)
     if cfg.auto_bits:
         setup.calibration = calibrate(setup, transport, log)
         setup.cfg = cfg.resolved(setup.calibration["bits"])
@@ -77,11 +87,24 @@ def discover(transport: Transport, failures: list[Failure], log=print) -> list[C
     return clients
 
 
+def deliver_base(setup: RunSetup, transport: Transport, log=print) -> str:
+    """base-delivery = flower: send every client the base's config and its part's tensors at
+    the run's cut, once (model bytes in the ledger). Returns the name the metas give it."""
+    cut = setup.cfg.cut_layers
+    weights = client_part_weights(setup.base, cut)
+    meta = BaseRequest(fingerprint(setup.base_dir, cut), json.dumps(setup.base.config.to_dict()))
+    replies = exchange(transport, {c.node_id: (wire.BASE, Content(part=weights, meta=meta)) for c in setup.clients},
+                       0, 0, setup.failures, log)
+    log(f"base model: the client part ({sum(t.numel() for t in weights.values()):,} values) sent to "
+        f"{len(replies)} of {len(setup.clients)} clients")
+    return DELIVERED + meta.fingerprint
+
+
 def calibrate(setup: RunSetup, transport: Transport, log=print) -> dict:
     """bits="auto": every client reports the entropy of its first batches' normalised features
     per modality; the run then uses, per modality, the largest width chosen."""
     cfg = setup.cfg
-    meta = CalibrationRequest(setup.base_dir or "", max(1, math.ceil(cfg.batch_size / len(setup.clients))),
+    meta = CalibrationRequest(setup.client_base, max(1, math.ceil(cfg.batch_size / len(setup.clients))),
                               cfg.auto_batches, cfg.auto_max_rel_mse)
     replies = exchange(transport, {c.node_id: (wire.CALIBRATE, Content(meta=meta)) for c in setup.clients}, 0, 0,
                        setup.failures, log)

@@ -148,7 +148,7 @@ class Strategy:
     # --- messages ---------------------------------------------------------------------------
     def meta(self, round: int, step: int) -> StepMeta:
         widths = self.cfg.widths if self.cfg.auto_bits else None  # calibration's choice, for the clients
-        return StepMeta(round, step, self.setup.base_dir or "", self.client_batch, self.client_steps, widths)
+        return StepMeta(round, step, self.setup.client_base, self.client_batch, self.client_steps, widths)
 
     def exchange(self, requests: dict[int, tuple[str, Content]], round: int, step: int,
                  account: bool = True) -> dict[int, Content]:

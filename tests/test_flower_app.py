@@ -249,3 +249,37 @@ def test_eight_supernodes_on_dirichlet_partitions_sample_a_quarter_each_round(li
         assert len(senders("train.step")) == 2, (rnd, senders("train.step"))  # trained: the sampled quarter
         assert senders("evaluate.forward") == set(range(8))  # evaluated: every node's test shard
     assert [int(m["round"]) for m in metrics] == [1, 2]
+
+
+def test_supernodes_without_the_servers_disk_train_on_a_base_sent_through_flower(tmp_path):
+    """A deployment whose SuperNodes cannot reach the server's base checkpoint (a path
+    relative to the SuperLink's directory: each SuperNode works in another): with
+    base-delivery = path the run fails on it, with base-delivery = flower the server sends
+    each its client part once (model bytes in the ledger, before any other message to it),
+    each keeps it in its own cache directory, and the run trains."""
+    cfg = ExperimentConfig.from_run_config({**TINY, "base": "none"})
+    from sltestbed.base_model import build_model
+    from sltestbed.splits import vocab_size
+    root = tmp_path / "deployment"
+    build_model(cfg, None, vocab_size(cfg)).save_pretrained(str(root / "server-base"))
+    configs = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    out = tmp_path / "results"
+    run_config = {**TINY, "base": "server-base", "test-fraction": 0.9, "public-fraction": 0.05, "batch-size": 256,
+                  "output-dir": str(out)}  # few, large batches: a deployment exchange takes seconds
+    with deployment(APP, root, num_supernodes=2, node_configs=configs) as dep:
+        assert all(not (d / "server-base").exists() for d in dep.supernode_dirs)
+        refused = dep.submit({**run_config, "run-name": "path"}, timeout=300)
+        assert not refused.ok
+        assert any("'base' = 'server-base': no such model directory" in log for log in dep.supernode_logs())
+        result = dep.submit({**run_config, "base-delivery": "flower", "run-name": "flower"}, timeout=600)
+        assert result.ok, result.describe()
+        copies = [list((d / ".cache" / "sltestbed").glob("delivered-*/client_part.safetensors"))
+                  for d in dep.supernode_dirs]
+    assert all(len(c) == 1 for c in copies), copies
+    summary, ledger, _ = results(out / "flower")
+    assert summary["clients"] == 2 and 0 <= summary["accuracy"] <= 1
+    model = [r for r in ledger if r["message_type"] == "query.base" and r["kind"] == "model"]
+    assert sorted(int(r["client"]) for r in model) == [0, 1] and all(r["direction"] == "down" for r in model)
+    first = {c: min(int(r["message"]) for r in ledger if int(r["client"]) == c and r["direction"] == "down"
+                    and r["message_type"] not in ("query.info",)) for c in (0, 1)}
+    assert all(int(r["message"]) == first[int(r["client"])] for r in model)
