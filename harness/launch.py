@@ -19,8 +19,10 @@ from app.results import check_run_directory, output_directory
 from sltestbed.experiment import ExperimentConfig
 
 from .flower_env import flower_env
-from .processes import Interrupted, interrupts_raise
+from .processes import Interrupted, MemoryWatch, interrupts_raise
 from .superlink import RunResult, client_resources, simulation_superlink
+
+LAUNCH_RECORD = "launch.json"  # in the run directory: the flwr run's wall time and its processes' peak memory
 
 # pytest: never collect anything from this module
 __test__ = False
@@ -81,10 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"launch: stopped by {stop}; every process it started is stopped", file=sys.stderr, flush=True)
         return stop.exit_code
-    print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s", flush=True)
+    print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s; peak memory of its processes "
+          f"{result.peak_memory_bytes / 2**20:,.0f} MiB (proportional set size, {result.peak_processes} processes)",
+          flush=True)
     if not result.ok:
         print(result.status_details or result.stderr[-3000:], file=sys.stderr)
         return 1
+    run_dir = Path(output_directory(exp))
+    if run_dir.is_dir():  # what only the launcher sees: the whole command's time and memory
+        (run_dir / LAUNCH_RECORD).write_text(json.dumps(
+            {"supernodes": args.supernodes, "seconds": round(result.seconds, 1),
+             "peak_memory_bytes": result.peak_memory_bytes, "peak_processes": result.peak_processes}, indent=2))
     return 0
 
 
@@ -93,9 +102,11 @@ def run_simulation_with_echo(app_dir, tmp_dir, run_config, num_supernodes, feder
     """One `flwr run` on a simulation SuperLink of its own, its lines echoed; `ray_address`: the
     simulation attaches to that Ray cluster (`RAY_ADDRESS` in the SuperLink's environment)."""
     env = flower_env(tmp_dir, {"RAY_ADDRESS": ray_address}) if ray_address else None
-    with simulation_superlink(tmp_dir, env) as link:
-        return link.submit(app_dir, run_config, num_supernodes, federation_config, timeout,
-                           echo=lambda text: print(text, flush=True))
+    with simulation_superlink(tmp_dir, env) as link, MemoryWatch(link.reaper) as memory:
+        result = link.submit(app_dir, run_config, num_supernodes, federation_config, timeout,
+                             echo=lambda text: print(text, flush=True))
+    result.peak_memory_bytes, result.peak_processes = memory.peak_bytes, memory.peak_processes
+    return result
 
 
 if __name__ == "__main__":  # pragma: no cover

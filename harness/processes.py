@@ -238,3 +238,57 @@ def interrupts_raise():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size (its private pages plus its share of each shared
+    page: summed over processes, shared memory counts once), from /proc/<pid>/smaps_rollup;
+    the resident set size where that file is missing; 0 for a process gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class MemoryWatch:
+    """The peak memory of every process a reaper's harness started (SuperLink, SuperExec,
+    simulation, Ray, ClientApp actors: all carry its tag), sampled every `interval` seconds on a thread: the sum
+    of their proportional set sizes, and how many processes made it."""
+
+    def __init__(self, reaper: ProcessReaper, interval: float = 1.0) -> None:
+        import threading
+
+        self.reaper, self.interval = reaper, interval
+        self.peak_bytes, self.peak_processes, self.samples = 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> int:
+        # read-only (the reaper's own snapshot updates its state, which its thread uses): the
+        # processes whose environment carries this harness's tag, Ray's workers included
+        pids = [p for p in _proc_table() if _has_tag(p, self.reaper._needle)]
+        total = sum(pss_bytes(p) for p in pids)
+        self.samples += 1
+        if total > self.peak_bytes:
+            self.peak_bytes, self.peak_processes = total, len(pids)
+        return total
+
+    def __enter__(self) -> "MemoryWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

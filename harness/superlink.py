@@ -80,6 +80,9 @@ class RunResult:
         The ``flwr run`` command line.
     pids : list[int]
         Processes seen belonging to the harness while this run was alive.
+    peak_memory_bytes, peak_processes : int
+        Where the run was watched (`harness.processes.MemoryWatch`, launch and sweep): the
+        peak summed proportional set size of the harness's processes, and their number then.
     """
 
     run_id: int | None
@@ -95,6 +98,8 @@ class RunResult:
     run_info: dict[str, Any] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    peak_memory_bytes: int = 0
+    peak_processes: int = 0
 
     def describe(self) -> str:
         """Return a multi-line summary for assertion messages."""

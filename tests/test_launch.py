@@ -298,3 +298,44 @@ def test_credentials_name_the_superlink_hosts_and_make_openssh_node_keys(tmp_pat
     bad = subprocess.run([sys.executable, "-m", "harness.credentials", str(tmp_path / "d"), "--supernodes", "-1"],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert bad.returncode == 2 and "--supernodes must be >= 0" in bad.stderr
+
+
+def test_the_memory_watch_sums_the_tagged_processes_and_keeps_the_peak(tmp_path):
+    """Two tagged children holding about 150 and 100 MiB: the watch's peak covers both (and
+    the processes it counted), and nothing else on the machine (no untagged process)."""
+    import time as _time
+
+    from harness.processes import MemoryWatch, ProcessReaper
+
+    env = flower_env(tmp_path)
+    reaper = ProcessReaper(env[HARNESS_TAG_VAR])
+    hold = "import time; b = bytearray({} * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(60)"
+    try:
+        for mib in (150, 100):
+            reaper.spawn([sys.executable, "-c", hold.format(mib)], env=env, cwd=tmp_path,
+                         log_path=tmp_path / f"hold-{mib}.log")
+        _time.sleep(3)
+        watch = MemoryWatch(reaper)
+        total = watch.sample()
+        assert watch.peak_bytes == total and watch.peak_processes == 2
+        assert 250 * 2**20 <= total < 400 * 2**20, total / 2**20
+    finally:
+        reaper.stop()
+
+
+def test_the_latency_benchmark_prints_each_path_and_its_ratio(capsys):
+    """In-process only (the Flower paths are what the command is for, and take minutes): the
+    table has the path, its step and round figures and ratios of 1.00 to itself; a bad path or
+    key is named before anything runs."""
+    from harness import latency_bench
+
+    assert latency_bench.main(["--paths", "in-process", "num-rounds=1", "benchmark-roundtrips=3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].split()[:3] == ["path", "step", "s"]
+    row = lines[-1].split()
+    assert row[0] == "in-process" and row[-3:] == ["1.00", "1.00", "1.00"] and float(row[1]) > 0
+    with pytest.raises(SystemExit):
+        latency_bench.main(["--paths", "in-process,warp"])
+    assert "--paths: ['warp'] not among" in capsys.readouterr().err
+    assert latency_bench.main(["--paths", "in-process", "num-round=1"]) == 2
+    assert "unknown run-config key(s) ['num-round']" in capsys.readouterr().err
