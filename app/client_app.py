@@ -23,11 +23,15 @@ from flwr.clientapp import ClientApp
 
 from sltestbed import wire
 from sltestbed.client_node import ClientNode, kill_this_process
+from sltestbed.threads import fit_threads
 from sltestbed.experiment import ExperimentConfig
 
 from . import flower_records
 
 app = ClientApp()
+# a simulation's actor computes on its CPU share (Ray sets OMP_NUM_THREADS to it); a deployed
+# SuperNode's ClientApp on every core of its host unless its environment says otherwise
+fit_threads("OMP_NUM_THREADS")
 _CACHE: dict = {}  # (run id, node id) -> (state version, ClientNode, its revision then): a speed-up only
 
 

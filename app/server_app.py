@@ -13,6 +13,7 @@ import time
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from sltestbed.threads import SERVER_THREADS_VAR, fit_threads
 from sltestbed.experiment import ExperimentConfig
 from strategies import Checkpoints, run_strategy
 
@@ -31,6 +32,7 @@ def log(message: str) -> None:
 def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = ExperimentConfig.from_run_config(dict(context.run_config))  # a bad value stops the run here
+    fit_threads(SERVER_THREADS_VAR)  # the harness's plan: the cores the ClientApp actors leave
     log(f"run {cfg.name}: {cfg.strategy}, {cfg.quantizer} {cfg.bits_label} bits, {cfg.num_rounds} rounds")
     directory = output_directory(cfg)
     if check_run_directory(directory, cfg):  # another config's run there stops this one here

@@ -20,7 +20,7 @@ from sltestbed.experiment import ExperimentConfig
 
 from .flower_env import flower_env
 from .processes import Interrupted, MemoryWatch, interrupts_raise
-from .superlink import RunResult, client_resources, simulation_superlink
+from .superlink import RunResult, client_resources, simulation_superlink, thread_plan
 
 LAUNCH_RECORD = "launch.json"  # in the run directory: the flwr run's wall time and its processes' peak memory
 
@@ -73,13 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        plan = thread_plan(args.cpus_per_client)
+        client_resources(args.cpus_per_client, args.gpus_per_client)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     work = here / ".flwr_runs" / time.strftime("%Y%m%d-%H%M%S")
-    print(f"flwr run {app_dir} with {args.supernodes} SuperNodes; overrides {cfg}", flush=True)
+    print(f"flwr run {app_dir} with {args.supernodes} SuperNodes; overrides {cfg}; {plan.describe()}", flush=True)
     try:
         with interrupts_raise():  # leaving the SuperLink's context stops everything it started, by pid
             result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes,
-                                              client_resources(args.cpus_per_client, args.gpus_per_client), args.timeout,
-                                              args.ray_address)
+                                              plan.federation(args.gpus_per_client, attached=bool(args.ray_address)),
+                                              args.timeout, args.ray_address, plan.env())
     except Interrupted as stop:
         print(f"launch: stopped by {stop}; every process it started is stopped", file=sys.stderr, flush=True)
         return stop.exit_code
@@ -98,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_simulation_with_echo(app_dir, tmp_dir, run_config, num_supernodes, federation_config, timeout,
-                             ray_address: str | None = None) -> RunResult:
+                             ray_address: str | None = None, extra_env: dict | None = None) -> RunResult:
     """One `flwr run` on a simulation SuperLink of its own, its lines echoed; `ray_address`: the
-    simulation attaches to that Ray cluster (`RAY_ADDRESS` in the SuperLink's environment)."""
-    env = flower_env(tmp_dir, {"RAY_ADDRESS": ray_address}) if ray_address else None
+    simulation attaches to that Ray cluster (`RAY_ADDRESS` in the SuperLink's environment);
+    `extra_env`: more of that environment (the thread plan's)."""
+    extra = {**(extra_env or {}), **({"RAY_ADDRESS": ray_address} if ray_address else {})}
+    env = flower_env(tmp_dir, extra) if extra else None
     with simulation_superlink(tmp_dir, env) as link, MemoryWatch(link.reaper) as memory:
         result = link.submit(app_dir, run_config, num_supernodes, federation_config, timeout,
                              echo=lambda text: print(text, flush=True))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -34,6 +35,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sltestbed.threads import SERVER_THREADS_VAR, cpu_cores
 
 from .flower_env import (CONNECTION_NAME, FlowerHarnessError, _format_kv, _read, _strip_ansi, _write_toml,
                          flower_env, flwr_cli, free_port, write_flower_config)
@@ -304,6 +307,54 @@ def client_resources(cpus: float = 1, gpus: float = 0) -> dict:
     if gpus:
         out["client-resources-num-gpus"] = whole(gpus)
     return out
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How one run's compute threads fit the cores it is given: Ray offers the ClientApp actors
+    `ray_cpus` CPUs (each actor computes on floor(its CPUs) threads, at least 1: Ray's
+    OMP_NUM_THREADS, which the ClientApp applies), the ServerApp computes on `server_threads`
+    (`sltestbed.compute.SERVER_THREADS_VAR` in the SuperLink's environment)."""
+
+    cores: int
+    ray_cpus: int
+    server_threads: int
+    cpus_per_client: float
+
+    @property
+    def client_threads(self) -> int:
+        """Threads of the actors that can run at once (more with fractional CPUs per client)."""
+        actors = int(self.ray_cpus // self.cpus_per_client)
+        return actors * max(1, int(self.cpus_per_client))
+
+    def federation(self, gpus_per_client: float = 0, attached: bool = False) -> dict:
+        """`--federation-config` keys; attached to a cluster, its nodes decide the CPUs (Ray
+        refuses init-args-num-cpus then)."""
+        out = client_resources(self.cpus_per_client, gpus_per_client)
+        return out if attached else {**out, "init-args-num-cpus": self.ray_cpus}
+
+    def env(self) -> dict[str, str]:
+        return {SERVER_THREADS_VAR: str(self.server_threads)}
+
+    def describe(self) -> str:
+        return (f"threads: the ServerApp {self.server_threads}, the ClientApp actors {self.client_threads} "
+                f"({self.ray_cpus} Ray CPU{'s' if self.ray_cpus != 1 else ''}, {self.cpus_per_client:g} each) on "
+                f"{self.cores} core{'s' if self.cores != 1 else ''}")
+
+
+def thread_plan(cpus_per_client: float = 1, jobs: int = 1, cores: int | None = None) -> ThreadPlan:
+    """Split the cores (default: this process's) among `jobs` runs at once, and each run's share
+    between its ClientApp actors and its ServerApp: the actors get all but one core of the
+    share (at least their CPUs per client), the ServerApp what is left, at least 1 thread. With
+    whole CPUs per client no run starts more compute threads than its share of the cores,
+    unless the share is one core (then client and server, which take turns within a split
+    step, hold a thread each) or a client asks for more CPUs than the share has."""
+    if cpus_per_client <= 0 or jobs < 1:
+        raise ValueError(f"thread plan: cpus per client must be > 0 and jobs >= 1, got {cpus_per_client}, {jobs}")
+    total = cores or cpu_cores()
+    share = max(1, total // jobs)
+    ray = max(math.ceil(cpus_per_client), share - 1)
+    return ThreadPlan(share, ray, max(1, share - ray), cpus_per_client)
 
 
 class SimulationSuperLink:

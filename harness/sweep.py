@@ -51,7 +51,7 @@ from sltestbed.checkpoint_files import checkpoint_about
 from .flower_env import flower_env
 from .launch import parse_overrides
 from .processes import Interrupted, interrupts_raise
-from .superlink import client_resources, simulation_superlink
+from .superlink import simulation_superlink, thread_plan
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -144,9 +144,11 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
         raise ValueError(f"{len(changed)} point(s) in {out} hold runs of another config: "
                          + "; ".join(f"{n} ({describe(d)})" for n, d in changed.items()))
     todo = [(n, c) for n, c in named if diffs[n] is None]
+    plan = thread_plan(cpus_per_client, min(jobs, max(1, len(todo))))  # the cores divided among the runs at once
+    federation = plan.federation(gpus_per_client, attached=bool(ray_address))
     status = {n: "done before" for n, _ in named if diffs[n] == {}}
     log(f"sweep: {len(named)} points, {len(status)} already done, {len(todo)} to run"
-        f"{f', {jobs} at a time' if jobs > 1 else ''}; results in {out}")
+        f"{f', {jobs} at a time' if jobs > 1 else ''}; results in {out}; per run, {plan.describe()}")
     _write_index(out, named, status)
     if not todo:
         return status
@@ -167,7 +169,8 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
 
     def run_points(w: int) -> None:
         where = work / f"worker-{w}" if jobs > 1 else work
-        with simulation_superlink(where, flower_env(where, {"RAY_ADDRESS": ray_address}) if ray_address else None) as link:
+        extra = {**plan.env(), **({"RAY_ADDRESS": ray_address} if ray_address else {})}
+        with simulation_superlink(where, flower_env(where, extra)) as link:
             while not stopping.is_set():
                 with lock:
                     if not queue:
@@ -177,7 +180,7 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
                 t0 = time.perf_counter()
                 cfg, after = resumed(out / name, cfg)
                 log(f"[{k}/{len(todo)}] {name}" + (f": resumes from its checkpoint after round {after}" if after else ""))
-                result = link.submit(APP_DIR, cfg, supernodes, client_resources(cpus_per_client, gpus_per_client), timeout,
+                result = link.submit(APP_DIR, cfg, supernodes, federation, timeout,
                                      echo=_echo(k, len(todo), log), should_stop=stopping.is_set)
                 seconds = time.perf_counter() - t0
                 with lock:

@@ -129,7 +129,8 @@ class ClientNode:
         return getattr(self, spec.handler)(request, FaultHooks(wait, kill))
 
     def _info(self, request: Content, hooks: FaultHooks) -> Content:
-        return Content(meta=NodeInfo(self.partition, self.num_partitions, len(self.train), len(self.test)))
+        return Content(meta=NodeInfo(self.partition, self.num_partitions, len(self.train), len(self.test),
+                                     torch.get_num_threads()))
 
     def _calibrate(self, request: Content, hooks: FaultHooks) -> Content:
         """bits="auto": the entropy report of this node's first training batches (summaries only)."""

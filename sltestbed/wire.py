@@ -104,14 +104,16 @@ class NodeInfo:
     num_partitions: int
     train_size: int
     test_size: int
+    threads: int = 0  # the node's torch compute threads (0: not reported)
 
     def record(self) -> dict:
         return {"partition": self.partition, "num_partitions": self.num_partitions, "train_size": self.train_size,
-                "test_size": self.test_size}
+                "test_size": self.test_size, "threads": self.threads}
 
     @classmethod
     def from_record(cls, r: dict) -> "NodeInfo":
-        return cls(int(r["partition"]), int(r["num_partitions"]), int(r["train_size"]), int(r["test_size"]))
+        return cls(int(r["partition"]), int(r["num_partitions"]), int(r["train_size"]), int(r["test_size"]),
+                   int(r.get("threads", 0)))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class Client:
     train_size: int
     test_size: int
     num_partitions: int = 1
+    threads: int = 0  # the node's torch compute threads, as it reported them
 
 
 @dataclass
@@ -77,7 +78,8 @@ def discover(transport: Transport, failures: list[Failure], log=print) -> list[C
     if not nodes:
         raise RuntimeError("no SuperNodes are connected")
     replies = exchange(transport, {n: (wire.INFO, Content()) for n in nodes}, 0, 0, failures, log)
-    clients = sorted((Client(node, c.meta.partition, c.meta.train_size, c.meta.test_size, c.meta.num_partitions)
+    clients = sorted((Client(node, c.meta.partition, c.meta.train_size, c.meta.test_size, c.meta.num_partitions,
+                             c.meta.threads)
                       for node, c in replies.items()), key=lambda c: c.partition)
     if not clients:
         raise RuntimeError("no SuperNode answered the first message")

@@ -144,6 +144,31 @@ def test_past_max_failed_steps_the_launch_fails_naming_the_client_and_the_cause(
     assert not (tmp_path / "results" / "run" / "summary.json").exists()
 
 
+def test_launch_fits_every_partys_threads_to_the_cores(tmp_path, monkeypatch, capsys):
+    """`python -m harness.launch`: the ServerApp computes on the threads the plan leaves it and
+    every ClientApp actor on its one CPU (as each reports them in config.json), together no
+    more than the cores; launch.json keeps the run's wall time and peak memory."""
+    from harness import launch
+    from harness.superlink import thread_plan
+    from sltestbed.threads import cpu_cores
+
+    monkeypatch.chdir(tmp_path)
+    overrides = {**TINY, "output-dir": str(tmp_path / "results"), "run-name": "run"}
+    status = launch.main(["--timeout", "600"] + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                                  for k, v in overrides.items()])
+    out = capsys.readouterr().out
+    assert status == 0, out[-3000:]
+    plan = thread_plan(1)
+    assert plan.describe() in out
+    config = json.loads((tmp_path / "results" / "run" / "config.json").read_text())
+    assert config["machine"]["torch_threads"] == plan.server_threads
+    assert [c["threads"] for c in config["clients"]] == [1, 1]
+    if cpu_cores() >= 2:
+        assert plan.server_threads + plan.client_threads <= cpu_cores()
+    record = json.loads((tmp_path / "results" / "run" / "launch.json").read_text())
+    assert record["supernodes"] == 2 and record["peak_memory_bytes"] > 100 * 2**20 and record["peak_processes"] >= 3
+
+
 def test_bad_run_config_value_stops_the_run_naming_the_key(link, tmp_path):
     result, out = run(link, tmp_path, strategy="round-robin")
     assert not result.ok

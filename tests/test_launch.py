@@ -339,3 +339,23 @@ def test_the_latency_benchmark_prints_each_path_and_its_ratio(capsys):
     assert "--paths: ['warp'] not among" in capsys.readouterr().err
     assert latency_bench.main(["--paths", "in-process", "num-round=1"]) == 2
     assert "unknown run-config key(s) ['num-round']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cores, jobs, cpus, ray, server, clients", [
+    (2, 1, 1, 1, 1, 1),    # this machine: one actor, the ServerApp on the other core
+    (16, 1, 1, 15, 1, 15),
+    (16, 2, 1, 7, 1, 7),   # --jobs 2: 8 cores a run
+    (16, 1, 4, 15, 1, 12),  # 3 actors of 4 threads fit in 15 CPUs
+    (2, 2, 1, 1, 1, 1),    # one core a run: client and server take turns within a step
+    (4, 1, 8, 8, 1, 8),    # a client that asks for more CPUs than there are gets them (asked for)
+])
+def test_the_thread_plan_divides_the_cores(cores, jobs, cpus, ray, server, clients):
+    from harness.superlink import thread_plan
+
+    plan = thread_plan(cpus, jobs, cores)
+    assert (plan.ray_cpus, plan.server_threads, plan.client_threads) == (ray, server, clients)
+    assert plan.federation()["init-args-num-cpus"] == ray and "init-args-num-cpus" not in plan.federation(attached=True)
+    if cores // jobs >= 2 and cpus <= cores // jobs - 1:
+        assert plan.server_threads + plan.client_threads <= cores // jobs
+    with pytest.raises(ValueError, match="cpus per client must be > 0"):
+        thread_plan(0, 1, cores)
