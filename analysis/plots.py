@@ -165,8 +165,14 @@ def by_dataset(runs: list[Run]) -> list[tuple[str, list[Run]]]:
     out = []
     for i, dataset in enumerate(order):
         own = label_settings([copy.copy(r) for r in runs if r.config["dataset"] == dataset])
-        out.append(("" if i == 0 else "_" + re.sub(r"[^A-Za-z0-9._-]+", "_", dataset), own))
+        out.append((dataset_suffix(dataset, first=i == 0), own))
     return out
+
+
+def dataset_suffix(dataset, first: bool) -> str:
+    """What a figure's file name adds for a data set: nothing for the first (the figure the
+    pages show), "_<dataset>" (made file-safe) for the others."""
+    return "" if first else "_" + re.sub(r"[^A-Za-z0-9._-]+", "_", str(dataset))
 
 
 def _fraction_limits(ax) -> None:

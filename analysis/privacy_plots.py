@@ -19,7 +19,6 @@ reconstructions.npz; each written as PNG (150 dpi) and PDF by `plots._save`.
 from __future__ import annotations
 
 import math
-import re
 import zipfile
 from pathlib import Path
 
@@ -158,7 +157,7 @@ def privacy_vs_bits(table: pd.DataFrame, runs: list[Run], out_dir: Path, note: s
     for i, dataset in enumerate(table.dataset.value_counts(sort=True).index if len(table) else [None]):
         part = table if dataset is None else _local_settings(table[table.dataset == dataset])
         kept = [r for r in runs if dataset is None or r.config.get("dataset") == dataset]
-        stem = "privacy_vs_bits" if i == 0 else "privacy_vs_bits_" + re.sub(r"[^A-Za-z0-9._-]+", "_", str(dataset))
+        stem = "privacy_vs_bits" + plots.dataset_suffix(dataset, first=i == 0)
         written += _privacy_vs_bits(part, kept, out_dir, note, stem)
     return written
 
@@ -461,8 +460,7 @@ def reconstructions(runs: list[Run], out_dir: Path, note: str = "", attack: str 
                                         f"labels at the {run.config.get('labels', '?')}", f"seed {run.seed}") if x)
         fig.suptitle(plots._title(f"{attack} at the {level} level: the same {n} training images at each "
                                   f"width\n({context})", note), fontsize=10)
-        stem = "reconstructions" if i == 0 else "reconstructions_" + re.sub(r"[^A-Za-z0-9._-]+", "_", dataset)
-        written += plots._save(fig, Path(out_dir), stem)
+        written += plots._save(fig, Path(out_dir), "reconstructions" + plots.dataset_suffix(dataset, first=i == 0))
     return written
 
 

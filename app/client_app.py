@@ -23,8 +23,8 @@ from flwr.clientapp import ClientApp
 
 from sltestbed import wire
 from sltestbed.client_node import ClientNode, kill_this_process
-from sltestbed.threads import fit_threads
 from sltestbed.experiment import ExperimentConfig
+from sltestbed.threads import fit_threads
 
 from . import flower_records
 

@@ -13,8 +13,8 @@ import time
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from sltestbed.threads import SERVER_THREADS_VAR, fit_threads
 from sltestbed.experiment import ExperimentConfig
+from sltestbed.threads import SERVER_THREADS_VAR, fit_threads
 from strategies import Checkpoints, run_strategy
 
 from .actor_pool import replace_dead_actors

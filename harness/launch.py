@@ -20,7 +20,7 @@ from sltestbed.experiment import ExperimentConfig
 
 from .flower_env import flower_env
 from .processes import Interrupted, MemoryWatch, interrupts_raise
-from .superlink import RunResult, client_resources, simulation_superlink, thread_plan
+from .superlink import RunResult, simulation_superlink, thread_plan
 
 LAUNCH_RECORD = "launch.json"  # in the run directory: the flwr run's wall time and its processes' peak memory
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         plan = thread_plan(args.cpus_per_client)
-        client_resources(args.cpus_per_client, args.gpus_per_client)
+        federation = plan.federation(args.gpus_per_client, attached=bool(args.ray_address))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -83,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"flwr run {app_dir} with {args.supernodes} SuperNodes; overrides {cfg}; {plan.describe()}", flush=True)
     try:
         with interrupts_raise():  # leaving the SuperLink's context stops everything it started, by pid
-            result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes,
-                                              plan.federation(args.gpus_per_client, attached=bool(args.ray_address)),
-                                              args.timeout, args.ray_address, plan.env())
+            result = run_simulation_with_echo(app_dir, work, cfg, args.supernodes, federation, args.timeout,
+                                              plan.env(args.ray_address))
     except Interrupted as stop:
         print(f"launch: stopped by {stop}; every process it started is stopped", file=sys.stderr, flush=True)
         return stop.exit_code
@@ -104,12 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_simulation_with_echo(app_dir, tmp_dir, run_config, num_supernodes, federation_config, timeout,
-                             ray_address: str | None = None, extra_env: dict | None = None) -> RunResult:
-    """One `flwr run` on a simulation SuperLink of its own, its lines echoed; `ray_address`: the
-    simulation attaches to that Ray cluster (`RAY_ADDRESS` in the SuperLink's environment);
-    `extra_env`: more of that environment (the thread plan's)."""
-    extra = {**(extra_env or {}), **({"RAY_ADDRESS": ray_address} if ray_address else {})}
-    env = flower_env(tmp_dir, extra) if extra else None
+                             extra_env: dict | None = None) -> RunResult:
+    """One `flwr run` on a simulation SuperLink of its own, its lines echoed and its processes'
+    memory watched; `extra_env`: what the SuperLink's environment adds (`ThreadPlan.env`: the
+    ServerApp's threads, a Ray cluster's address)."""
+    env = flower_env(tmp_dir, extra_env) if extra_env else None
     with simulation_superlink(tmp_dir, env) as link, MemoryWatch(link.reaper) as memory:
         result = link.submit(app_dir, run_config, num_supernodes, federation_config, timeout,
                              echo=lambda text: print(text, flush=True))

@@ -84,8 +84,8 @@ class RunResult:
     pids : list[int]
         Processes seen belonging to the harness while this run was alive.
     peak_memory_bytes, peak_processes : int
-        Where the run was watched (`harness.processes.MemoryWatch`, launch and sweep): the
-        peak summed proportional set size of the harness's processes, and their number then.
+        Where the run was watched (`harness.processes.MemoryWatch`, by `launch`): the peak
+        summed proportional set size of the harness's processes, and their number then.
     """
 
     run_id: int | None
@@ -118,12 +118,9 @@ class RunResult:
 # --------------------------------------------------------------------------------------
 def _health_ok(address: str, ca_cert: Path | None = None) -> bool:
     """The SuperLink answers /health (over TLS, verified against `ca_cert`, where it has one)."""
+    scheme, context = ("http", None) if ca_cert is None else ("https", ssl.create_default_context(cafile=str(ca_cert)))
     try:
-        if ca_cert is None:
-            with urllib.request.urlopen(f"http://{address}/health", timeout=0.5) as resp:
-                return 200 <= resp.status < 300
-        context = ssl.create_default_context(cafile=str(ca_cert))
-        with urllib.request.urlopen(f"https://{address}/health", timeout=0.5, context=context) as resp:
+        with urllib.request.urlopen(f"{scheme}://{address}/health", timeout=0.5, context=context) as resp:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -314,7 +311,7 @@ class ThreadPlan:
     """How one run's compute threads fit the cores it is given: Ray offers the ClientApp actors
     `ray_cpus` CPUs (each actor computes on floor(its CPUs) threads, at least 1: Ray's
     OMP_NUM_THREADS, which the ClientApp applies), the ServerApp computes on `server_threads`
-    (`sltestbed.compute.SERVER_THREADS_VAR` in the SuperLink's environment)."""
+    (`sltestbed.threads.SERVER_THREADS_VAR` in the SuperLink's environment)."""
 
     cores: int
     ray_cpus: int
@@ -333,8 +330,10 @@ class ThreadPlan:
         out = client_resources(self.cpus_per_client, gpus_per_client)
         return out if attached else {**out, "init-args-num-cpus": self.ray_cpus}
 
-    def env(self) -> dict[str, str]:
-        return {SERVER_THREADS_VAR: str(self.server_threads)}
+    def env(self, ray_address: str | None = None) -> dict[str, str]:
+        """What the SuperLink's environment adds for this run: the ServerApp's threads and, to
+        attach the simulation to a Ray cluster, its address (inherited by the simulation)."""
+        return {SERVER_THREADS_VAR: str(self.server_threads), **({"RAY_ADDRESS": ray_address} if ray_address else {})}
 
     def describe(self) -> str:
         return (f"threads: the ServerApp {self.server_threads}, the ClientApp actors {self.client_threads} "

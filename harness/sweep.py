@@ -169,8 +169,7 @@ def run_sweep(named: list[tuple[str, dict]], out: Path, supernodes: int = 2, cpu
 
     def run_points(w: int) -> None:
         where = work / f"worker-{w}" if jobs > 1 else work
-        extra = {**plan.env(), **({"RAY_ADDRESS": ray_address} if ray_address else {})}
-        with simulation_superlink(where, flower_env(where, extra)) as link:
+        with simulation_superlink(where, flower_env(where, plan.env(ray_address))) as link:
             while not stopping.is_set():
                 with lock:
                     if not queue:

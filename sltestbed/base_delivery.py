@@ -26,7 +26,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .model import ClientPart, TinyLlava, TinyLlavaConfig
-from .model.lora import base_key
 
 DELIVERED = "flower:"  # a meta's base that names a delivered copy: flower:<fingerprint>
 CLIENT_PART_FILE = "client_part.safetensors"
@@ -92,15 +91,10 @@ def load_delivered(directory: str, seed: int, **config_overrides) -> TinyLlava:
     torch.manual_seed(seed)
     model = TinyLlava(config)
     state = load_file(os.path.join(directory, CLIENT_PART_FILE))
-    own = model.state_dict()
-    fitting, used = {}, set()
-    for k in own:  # a weight that LoRA adapters now wrap is found under its name without them
-        source = k if k in state else base_key(k)
-        if source in state and own[k].shape == state[source].shape:
-            fitting[k] = state[source]
-            used.add(source)
+    sources = model.fitting_sources(state)  # every delivered tensor must find its place; the rest keep theirs
+    used = set(sources.values())
     lacking = [k for k in state if k not in used and not k.startswith("quant_")]
     if lacking:
         raise ValueError(f"{directory}: the delivered client part does not fit this run's model: {lacking[:3]}")
-    model.load_state_dict(fitting, strict=False)
+    model.load_state_dict({k: state[source] for k, source in sources.items()}, strict=False)
     return model

@@ -10,7 +10,7 @@ import pytest
 from harness.launch import run_simulation_with_echo
 from harness.processes import pid_alive
 from harness.ray_cluster import ray_head
-from harness.superlink import client_resources
+from harness.superlink import thread_plan
 
 pytestmark = pytest.mark.flower
 APP = Path(__file__).resolve().parent.parent
@@ -25,7 +25,9 @@ def test_a_run_attaches_to_a_ray_cluster_and_its_actors_run_there(tmp_path):
         assert len(cluster) >= 2, "the head's GCS and raylet run"
         config = {**TINY, "output-dir": str(tmp_path / "results"), "run-name": "run",
                   "cache-dir": str(tmp_path / "cache")}
-        result = run_simulation_with_echo(APP, tmp_path / "flwr", config, 2, client_resources(1), 600, head.address)
+        plan = thread_plan(1)  # as launch --ray-address does: the cluster decides the CPUs
+        result = run_simulation_with_echo(APP, tmp_path / "flwr", config, 2, plan.federation(attached=True), 600,
+                                          plan.env(head.address))
         assert result.ok, result.stderr[-3000:]
         logs = head.worker_logs()
         assert "ClientAppActor" in logs, "the ClientApp actors ran on this cluster's workers"

@@ -89,13 +89,19 @@ class TinyLlava(nn.Module):
         adapters may be missing (a new quantizer, a base without adapters: they keep their
         initial values) or extra (an old one). A weight that adapters now wrap is found under
         its name without them (`q_proj.weight` for `q_proj.base_layer.weight`)."""
-        own = self.state_dict()
-        fitting = {}
-        for k in own:
-            source = k if k in state else base_key(k)
-            if source in state and own[k].shape == state[source].shape:
-                fitting[k] = state[source]
-        missing = [k for k in own if k not in fitting and not k.startswith("quant_") and not is_adapter(k)]
+        sources = self.fitting_sources(state)
+        missing = [k for k in self.state_dict()
+                   if k not in sources and not k.startswith("quant_") and not is_adapter(k)]
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} model tensors, e.g. {missing[:3]}")
-        self.load_state_dict(fitting, strict=False)
+        self.load_state_dict({k: state[source] for k, source in sources.items()}, strict=False)
+
+    def fitting_sources(self, state: dict) -> dict[str, str]:
+        """{own tensor name: the name in `state` that fits it (same shape)}: the name itself, or
+        for a weight that adapters now wrap, its name without them."""
+        sources = {}
+        for k, tensor in self.state_dict().items():
+            source = k if k in state else base_key(k)
+            if source in state and tensor.shape == state[source].shape:
+                sources[k] = source
+        return sources
