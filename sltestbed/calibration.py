@@ -24,7 +24,7 @@ import torch
 from .bit_width import select_bits
 from .entropy import kde_entropy
 from .model import ClientPart
-from .roles import BatchCursor
+from .trainer import BatchCursor
 from .trainer import TensorData
 
 GRID = np.linspace(-1.0, 1.0, 129)  # where the per-batch densities are reported

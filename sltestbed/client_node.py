@@ -94,7 +94,8 @@ class ClientNode:
             self.role = ClientRole(self.model(cfg, meta.base), cfg.cut_layers, self.train, batch_size=meta.batch_size,
                                    seed=cfg.seed + self.partition, optim=OptimConfig(cfg.lr, meta.total_steps),
                                    trainable=cfg.modules, distortion_weight=cfg.distortion_weight,
-                                   head=self.labels.head_on_client, compute=cfg.compute())
+                                   head=self.labels.head_on_client, local_head=cfg.strategy == "local-loss",
+                                   seed_head=cfg.seed, compute=cfg.compute())
         return self.role
 
     def state(self) -> bytes:
@@ -169,6 +170,16 @@ class ClientNode:
         acts, labels = self.role.forward()
         payloads = {m: lying_shape(p) if lie and m == "image" else p for m, p in acts.payloads.items()}
         return Content(acts=payloads, batch=self.labels.batch_up(acts.lengths, labels))
+
+    def _round(self, request: Content, hooks: FaultHooks) -> Content:
+        """Local-loss split learning: the round's local steps, then its activations and labels
+        in one reply, with the mean local loss."""
+        self.receive(request)
+        lie = self._fault(request.meta, hooks) == "lie"
+        loss, acts, labels = self.role.local_round(request.meta.local_steps)
+        payloads = {m: lying_shape(p) if lie and m == "image" else p for m, p in acts.payloads.items()}
+        return Content(acts=payloads, batch=self.labels.batch_up(acts.lengths, labels),
+                       meta=LocalResult(len(labels), loss))
 
     def _logits(self, request: Content, hooks: FaultHooks) -> Content:
         """Labels here: the loss of the last batch and its gradient w.r.t. the server's output."""

@@ -25,6 +25,8 @@ list per step per client, one weight payload per model message):
                  up from its holder, down to the next), client_params each way each
     splitfed-v1  per sample as sequential; the client parts averaged each round: K up, K down
     splitfed-v2  as splitfed-v1 (the server-side copies of v1 never cross the link)
+    local-loss   activations and labels up, one payload per modality per client a round (the
+                 round's samples); no gradients, no weights
     fedavg       the whole model down and up per client per round, nothing per sample
 
 Not modelled: config messages (a few integers per message: the step's meta, batch lengths),
@@ -44,7 +46,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-SPLIT_STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel")
+SPLIT_STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "local-loss")
+ONE_MESSAGE_A_ROUND = ("local-loss",)  # the round's activations in one payload, no gradients down
 STRATEGIES = SPLIT_STRATEGIES + ("fedavg",)
 CODEC_HEADER_BYTES = 38  # `sltestbed.codec.header_size(3, 0, 1)`: a 3-D payload, no parameters, one field
 MAX_BITS = 32
@@ -109,10 +112,13 @@ class Round:
             _check_bits(name, getattr(self, name))
 
     def client_batch(self, strategy: str) -> int:
-        return math.ceil(self.batch_size / self.clients) if strategy == "parallel" else self.batch_size
+        return math.ceil(self.batch_size / self.clients) if strategy in ("parallel", "local-loss") else self.batch_size
 
     def batches(self, strategy: str) -> list[int]:
-        """Sizes of one client's batches in a round (the last one partial)."""
+        """Sizes of one client's payloads in a round: its batches (the last one partial), or
+        local-loss's one payload of the round's samples."""
+        if strategy in ONE_MESSAGE_A_ROUND:
+            return [self.samples_per_client]
         b = self.client_batch(strategy)
         full, rest = divmod(self.samples_per_client, b)
         return [b] * full + ([rest] if rest else [])
@@ -135,10 +141,11 @@ def round_bytes(strategy: str, workload: Workload, rnd: Round) -> dict[tuple[str
     for b in rnd.batches(strategy):
         for n in workload.cut_elements.values():
             out[("up", "activations")] += rnd.clients * _payload_bytes(b * n, rnd.activation_bits)
-            out[("down", "gradients")] += rnd.clients * _payload_bytes(b * n, rnd.gradient_bits)
+            if strategy not in ONE_MESSAGE_A_ROUND:
+                out[("down", "gradients")] += rnd.clients * _payload_bytes(b * n, rnd.gradient_bits)
         if workload.label_elements:
             out[("up", "labels")] += rnd.clients * _payload_bytes(b * workload.label_elements, rnd.label_bits)
-    if strategy != "parallel":  # K hand-overs (sequential) or K parts averaged (splitfed)
+    if strategy not in ("parallel", "local-loss"):  # K hand-overs (sequential) or K parts averaged (splitfed)
         part = _payload_bytes(workload.client_params, rnd.weight_bits)
         out[("up", "model")] = out[("down", "model")] = rnd.clients * part
     return out
@@ -149,7 +156,8 @@ def payload_overheads(strategy: str, workload: Workload, rnd: Round) -> dict[tup
     `CODEC_HEADER_BYTES` per payload (one per modality per step per client)."""
     _check_strategy(strategy)
     payloads = 0 if strategy == "fedavg" else rnd.clients * len(rnd.batches(strategy)) * len(workload.cut_elements)
-    return {("up", "activations"): payloads * CODEC_HEADER_BYTES, ("down", "gradients"): payloads * CODEC_HEADER_BYTES}
+    down = 0 if strategy in ONE_MESSAGE_A_ROUND else payloads
+    return {("up", "activations"): payloads * CODEC_HEADER_BYTES, ("down", "gradients"): down * CODEC_HEADER_BYTES}
 
 
 def total_bytes(strategy: str, workload: Workload, rnd: Round) -> int:
@@ -158,23 +166,26 @@ def total_bytes(strategy: str, workload: Workload, rnd: Round) -> int:
 
 
 # --- the continuous form: per-sample bytes and weight bytes -----------------------------------
-def bytes_per_sample(workload: Workload, activation_bits: int, gradient_bits: int = 32, label_bits: int = 32) -> float:
+def bytes_per_sample(workload: Workload, activation_bits: int, gradient_bits: int = 32, label_bits: int = 32,
+                     strategy: str = "parallel") -> float:
     """Bytes up and down per training sample of a split strategy (activations, their
-    gradients, the labels), before the last-byte rounding of each payload."""
+    gradients but for local-loss, the labels), before the last-byte rounding of each payload."""
     for name, bits in (("activation_bits", activation_bits), ("gradient_bits", gradient_bits),
                        ("label_bits", label_bits)):
         _check_bits(name, bits)
+    _check_strategy(strategy)
     q = workload.elements_per_sample
-    return (q * (activation_bits + gradient_bits) + workload.label_elements * label_bits) / 8
+    down = 0 if strategy in ONE_MESSAGE_A_ROUND else gradient_bits
+    return (q * (activation_bits + down) + workload.label_elements * label_bits) / 8
 
 
 def weight_bytes_per_round(strategy: str, workload: Workload, clients: int, weight_bits: int = 32) -> float:
     """Weight bytes of a round, up and down: the client part K times each way (sequential,
-    splitfed), the whole model K times each way (FedAvg), none (parallel)."""
+    splitfed), the whole model K times each way (FedAvg), none (parallel, local-loss)."""
     _check_strategy(strategy)
     _check_count("clients", clients)
     _check_bits("weight_bits", weight_bits)
-    params = {"parallel": 0, "fedavg": workload.fedavg_params}.get(strategy, workload.client_params)
+    params = {"parallel": 0, "local-loss": 0, "fedavg": workload.fedavg_params}.get(strategy, workload.client_params)
     return 2 * clients * params * weight_bits / 8
 
 
@@ -188,7 +199,7 @@ def crossover_samples(strategy: str, workload: Workload, clients: int, activatio
                          f"{', '.join(SPLIT_STRATEGIES)}, got {strategy!r}")
     gap = (weight_bytes_per_round("fedavg", workload, clients, weight_bits)
            - weight_bytes_per_round(strategy, workload, clients, weight_bits))
-    per_sample = clients * bytes_per_sample(workload, activation_bits, gradient_bits, label_bits)
+    per_sample = clients * bytes_per_sample(workload, activation_bits, gradient_bits, label_bits, strategy)
     return max(0.0, gap / per_sample)
 
 
@@ -200,7 +211,7 @@ def crossover_model_size(strategy: str, workload: Workload, rnd: Round) -> float
         raise ValueError(f"crossover_model_size compares a split strategy with FedAvg: choose one of "
                          f"{', '.join(SPLIT_STRATEGIES)}, got {strategy!r}")
     split = (rnd.clients * rnd.samples_per_client
-             * bytes_per_sample(workload, rnd.activation_bits, rnd.gradient_bits, rnd.label_bits)
+             * bytes_per_sample(workload, rnd.activation_bits, rnd.gradient_bits, rnd.label_bits, strategy)
              + weight_bytes_per_round(strategy, workload, rnd.clients, rnd.weight_bits))
     fedavg_per_param = 2 * rnd.clients * rnd.weight_bits / 8
     return split / fedavg_per_param

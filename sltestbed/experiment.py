@@ -10,21 +10,21 @@ Flower-free: `ExperimentConfig.from_run_config(context.run_config)` is all the a
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
-from .label_protocol import LABELS
+from .label_protocol import LABELS, label_protocol
 
 # The name tables (schemes, presets, partitioners, ...) live beside code that imports torch and
 # transformers: imported where used, so key names and types are checked before any of that loads.
 MODALITIES = ("image", "text")  # the model's (sltestbed.model.MODALITIES, held equal by a test)
 
 HF_DATASET_KEYS = ("dataset_split", "image_column", "question_column", "answer_column", "type_column", "max_samples")
-# Run-config keys that say where a run's files go, not what it computes
-# (tensorboard, checkpoint, resume: which files are written or read, not what is computed)
+# Run-config keys that say where a run's files go or which are written or read, not what it computes
 LOCATION_KEYS = ("output-dir", "run-name", "cache-dir", "tensorboard", "checkpoint", "resume")
 
-STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "fedavg")
+STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "local-loss", "fedavg")
 ATTACKS = ("none", "inversion", "all")  # after training: none; lookups, code classifier, decoders, tokens, labels; and optimisation
 # the testing hook: the ClientApp raises, answers too late, its process dies, or it sends activations whose
 # header lies about their shape (a consistent payload with a valid checksum)
@@ -216,12 +216,9 @@ class ExperimentConfig:
                 raise ValueError("run config 'lora-targets' names no layer (e.g. 'q_proj,v_proj')")
             for part in (t.strip() for t in self.lora_parts.split(",") if t.strip()):
                 choose("lora-parts", part, ("lm", "vision"))
-        if self.tensorboard:
-            import importlib.util
-
-            if importlib.util.find_spec("tensorboard") is None:
-                raise ValueError("run config 'tensorboard' = true needs the tensorboard package: "
-                                 "pip install 'sltestbed[tensorboard]'")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("run config 'tensorboard' = true needs the tensorboard package: "
+                             "pip install 'sltestbed[tensorboard]'")
         check_device(self.device)
         choose("precision", self.precision, PRECISIONS)
         at_least("benchmark-roundtrips", self.benchmark_roundtrips, 0)
@@ -230,6 +227,9 @@ class ExperimentConfig:
             at_least(key, getattr(self, key.replace("-", "_")), 1)
         if self.attack != "none" and self.strategy == "fedavg":
             raise ValueError("run config 'attack' attacks what crosses the cut; strategy 'fedavg' has no cut")
+        if self.strategy == "local-loss" and (label_protocol(self.labels).private or self.attack != "none"):
+            raise ValueError(f"strategy 'local-loss' needs labels = 'server' (they come up with the activations) and "
+                             f"attack = 'none' (no step to attack), not labels = {self.labels!r}, attack = {self.attack!r}")
         if self.fault:
             self.fault_spec  # parses, or raises naming the key
         check_dataset(self.dataset)

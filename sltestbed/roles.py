@@ -13,6 +13,11 @@ side dequantizes what it receives itself.
                              server.backward_from_output_grads([grads])   -> gradient payloads per client
     client.backward(gradient payloads)  -> the client part steps
 
+Local-loss split learning (no gradient comes down): the client trains against its own head,
+
+    client.local_round(steps)           -> its local loss, the round's Activations, their labels
+    server.train_on(values, lengths, labels)  -> the server part steps on what came up
+
 Each side has its own AdamW and schedule over the parameters it holds; per-parameter
 optimizers, so the pair trains exactly like one optimizer over the whole model. Each side
 computes on its own device and precision (`compute.Compute`); what it returns for the link
@@ -29,10 +34,10 @@ import torch
 from torch import nn
 
 from .compute import CPU, Compute, to_host
-from .model import MODALITIES, ClientPart, HeadPart, ServerPart, TinyLlava
+from .model import MODALITIES, ClientPart, HeadPart, LocalHead, ServerPart, TinyLlava
 from .quantizers import GRADIENT_SCHEMES, Payload, build_quantizer, dequantize
 from .averaging import load_trained
-from .trainer import OptimConfig, TensorData, set_trainable
+from .trainer import BatchCursor, OptimConfig, TensorData, Updates, set_trainable
 
 
 class Activations(NamedTuple):
@@ -41,38 +46,6 @@ class Activations(NamedTuple):
 
     payloads: dict[str, Payload]
     lengths: torch.Tensor
-
-
-class BatchCursor:
-    """Batches over n rows, epoch after epoch, each epoch in a fresh seeded random order
-    (the same draws as `TensorData.batches(shuffle=True)` with one generator)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n < 1 or batch_size < 1:
-            raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
-        self.n, self.batch_size = n, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order: torch.Tensor | None = None
-        self.position = 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def next(self) -> torch.Tensor:
-        if self.order is None or self.position >= self.n:
-            self.order = torch.randperm(self.n, generator=self.generator)
-            self.position = 0
-        idx = self.order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return idx
-
-    def state(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
-
-    def load_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.order, self.position = state["order"], state["position"]
 
 
 def gradient_encoder(scheme: str, bits: int | None, seed: int = 0):
@@ -87,48 +60,26 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-class Updates:
-    """AdamW and its schedule over the parameters a side trains; nothing to do where it trains
-    none (a side whose modules are all frozen still passes gradients on)."""
-
-    def __init__(self, optim: OptimConfig, params: list[nn.Parameter]):
-        self.optimizer, self.schedule = optim.build(params) if params else (None, None)
-
-    def zero_grad(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-
-    def step(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.step()
-            self.schedule.step()
-
-    def state_dict(self) -> dict | None:
-        if self.optimizer is None:
-            return None
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
-
-    def load_state_dict(self, state: dict | None) -> None:
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.schedule.load_state_dict(state["schedule"])
-
-
 class ClientRole:
     """`head`: the U-shaped split, where the language model's head (and the loss) stays here:
-    the server sends its hidden state at the answer position, the head turns it into logits."""
+    the server sends its hidden state at the answer position, the head turns it into logits.
+    `local_head`: local-loss split learning, where the part trains against an auxiliary head of
+    its own (`LocalHead`, seeded by `seed_head`) and no gradient comes down."""
 
     def __init__(self, model: TinyLlava, cut_layers: int, data: TensorData, *, batch_size: int, seed: int,
                  optim: OptimConfig, trainable=("vision", "connector", "quantizers", "lm"),
-                 distortion_weight: float = 0.0, head: bool = False, compute: Compute = CPU):
+                 distortion_weight: float = 0.0, head: bool = False, local_head: bool = False,
+                 seed_head: int = 0, compute: Compute = CPU):
         set_trainable(model, trainable)
         self.compute = compute
         self.model = model.to(compute.device)
         self.part = ClientPart(model, cut_layers)
         self.head = HeadPart(model) if head else None
+        self.local = LocalHead(model.lm_hidden, model.lm.lm_head.out_features, seed_head).to(compute.device) \
+            if local_head else None
         self.data = data
         self.cursor = BatchCursor(len(data), batch_size, seed)
-        self.updates = Updates(optim, _trainable(self.part))
+        self.updates = Updates(optim, _trainable(self.part) + (_trainable(self.local) if local_head else []))
         self.head_updates = Updates(optim, _trainable(self.head) if head else [])
         self.distortion_weight = distortion_weight
         self.pending = None  # (batch rows, quantizer outputs) of the forward awaiting its gradient
@@ -172,6 +123,36 @@ class ClientRole:
         self.steps += 1
         self.revision += 1
 
+    def local_round(self, steps: int) -> tuple[float, Activations, torch.Tensor]:
+        """Local-loss split learning: `steps` batches, each a step of the part (and the local
+        head) on the head's loss over the values the server will receive (straight-through to
+        the encoders) plus the distortion loss; then the round's rows, in the order they were
+        trained, encoded once by the part as it ends the round (as an evaluation encodes its
+        shard). Returns (the mean local loss, the round's activations, their labels)."""
+        if self.local is None:
+            raise RuntimeError("a local round needs the local head (local-loss split learning)")
+        if steps < 1:
+            raise ValueError(f"a local round needs at least one step, got {steps}")
+        rows, losses = [], []
+        self.part.train()
+        self.local.train()
+        for _ in range(steps):
+            idx = self.cursor.next()
+            batch = self.data.batch(idx)
+            with self.compute.autocast():
+                outs = self.part(self.compute.here(batch["pixel_values"]), self.compute.here(batch["input_ids"]))
+                logits = self.local(outs["image"].values, outs["text"].values, batch["lengths"])
+            loss = nn.functional.cross_entropy(logits.float(), self.compute.here(batch["labels"]))
+            self.updates.zero_grad()
+            (loss + self.distortion_weight * sum(o.loss for o in outs.values())).backward()
+            self.updates.step()
+            rows.append(idx)
+            losses.append(float(loss.detach()))
+            self.steps += 1
+        self.revision += 1
+        acts, batch = self.encode(self.data, torch.cat(rows))
+        return sum(losses) / len(losses), acts, batch["labels"]
+
     def drop_pending(self) -> None:
         """Forget the forward awaiting a gradient (the server left this client out of that step)."""
         if self.pending is not None:
@@ -210,12 +191,17 @@ class ClientRole:
             return to_host(self.head(self.compute.here(output.float())).float())
 
     # --- evaluation -----------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate_forward(self, data: TensorData) -> tuple[Activations, dict]:
         """Quantized features of a whole evaluation shard, and the shard's batch (labels and
         question types)."""
+        return self.encode(data, torch.arange(len(data)))
+
+    @torch.no_grad()
+    def encode(self, data: TensorData, idx: torch.Tensor) -> tuple[Activations, dict]:
+        """Quantized features of `data`'s rows `idx` in one payload per modality (evaluation
+        mode), and their batch."""
         self.part.eval()
-        batch = data.batch(torch.arange(len(data)))
+        batch = data.batch(idx)
         with self.compute.autocast():
             outs = self.part(self.compute.here(batch["pixel_values"]), self.compute.here(batch["input_ids"]))
         return Activations({m: o.payload.to("cpu") for m, o in outs.items()}, batch["lengths"]), batch
@@ -225,7 +211,7 @@ class ClientRole:
         """What of `part_state` can change in training, uncopied: the trainable parameters and
         the buffers (the frozen parameters stay the base's, from which every role is built)."""
         tensors = {}
-        for prefix, module in (("", self.part), ("head.", self.head)):
+        for prefix, module in (("", self.part), ("head.", self.head), (LOCAL_PREFIX, self.local)):
             if module is None:
                 continue
             frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
@@ -264,23 +250,34 @@ class ClientRole:
             self._forward(state["pending"])
 
     def part_state(self) -> dict[str, torch.Tensor]:
-        """The weights this side holds: the client part (U-shaped, the head too, as head.*)."""
+        """The weights this side holds: the client part (U-shaped, the head too, as head.*;
+        local-loss, the local head as local.*)."""
         state = {k: to_host(v) for k, v in self.part.state_dict().items()}
-        if self.head is not None:
-            state.update({f"head.{k}": to_host(v) for k, v in self.head.state_dict().items()})
+        for prefix, module in (("head.", self.head), (LOCAL_PREFIX, self.local)):
+            if module is not None:
+                state.update({f"{prefix}{k}": to_host(v) for k, v in module.state_dict().items()})
         return state
 
     def load_part_state(self, state: dict[str, torch.Tensor]) -> None:
         load_client_state(self.model, self.part, state)
+        local = {k[len(LOCAL_PREFIX):]: v for k, v in state.items() if k.startswith(LOCAL_PREFIX)}
+        if local:
+            if self.local is None:
+                raise ValueError(f"the state holds a local head ({sorted(local)[:2]}), this role has none")
+            self.local.load_state_dict(local)
         self.revision += 1
+
+
+LOCAL_PREFIX = "local."  # the local head's weights in a client's state: the client's own, in no model
 
 
 def load_client_state(model: TinyLlava, part: ClientPart, state: dict[str, torch.Tensor]) -> None:
     """Load a client's weights (`ClientRole.part_state`, or what trains of it as the protocol
     moves it, `trainable_state`: the client part, and the head's head.* where it has one) into
-    `part` of `model`; weights the state does not hold keep their values (the base's)."""
+    `part` of `model`; weights the state does not hold keep their values (the base's). A local
+    head's local.* belong to no model and are left out."""
     head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
-    load_trained(part, {k: v for k, v in state.items() if not k.startswith("head.")})
+    load_trained(part, {k: v for k, v in state.items() if not k.startswith(("head.", LOCAL_PREFIX))})
     if head:
         load_trained(HeadPart(model), head)
 
@@ -321,6 +318,19 @@ class ServerRole:
         text = torch.cat([nn.functional.pad(x["text"], (0, 0, 0, text_len - x["text"].shape[1])) for x in leaves])
         lengths = self.compute.here(torch.cat([x.lengths for x in inputs]))
         return self.part(image, text, lengths)
+
+    def train_on(self, values: list[dict[str, torch.Tensor]], lengths: list[torch.Tensor],
+                 labels: list[torch.Tensor]) -> float:
+        """Local-loss split learning: one step of the server part on dequantized activations
+        that came up (each client's slice of a round's upload), with their labels; nothing
+        goes back. Returns the step's loss."""
+        self.part.train()
+        leaves = [{m: self.compute.here(v[m]).float() for m in MODALITIES} for v in values]
+        with self.compute.autocast():
+            logits = self._logits(leaves, [Activations({}, n) for n in lengths]).float()
+        loss = nn.functional.cross_entropy(logits, self.compute.here(torch.cat(labels)))
+        self._step(loss)
+        return float(loss.detach())
 
     def backward_from_labels(self, labels: list[torch.Tensor]) -> tuple[float, list[Payload]]:
         loss = nn.functional.cross_entropy(self.logits, self.compute.here(torch.cat(labels)))

@@ -1,7 +1,8 @@
 """Training and evaluation loops shared by the centralized reference and in-process split
 training: which modules train in a stage, batches from pre-collated tensors, AdamW with
-warm-up and cosine decay (`OptimConfig`, also what each side of a split step steps with),
-exact-match accuracy per question type."""
+warm-up and cosine decay (`OptimConfig`, also what each side of a split step steps with,
+through `Updates`), a split role's seeded batch order (`BatchCursor`), exact-match accuracy
+per question type."""
 
 from __future__ import annotations
 
@@ -159,3 +160,62 @@ def evaluate(model: nn.Module, data: TensorData, batch_size: int = 256) -> dict:
         logits, _ = run(batch)
         scores += Scores.of(logits.argmax(-1), batch["labels"], batch["qtype_index"], data.qtypes)
     return scores.result()
+
+
+class BatchCursor:
+    """Batches over n rows, epoch after epoch, each epoch in a fresh seeded random order
+    (the same draws as `TensorData.batches(shuffle=True)` with one generator)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: torch.Tensor | None = None
+        self.position = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def next(self) -> torch.Tensor:
+        if self.order is None or self.position >= self.n:
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.position = 0
+        idx = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return idx
+
+    def state(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"], state["position"]
+
+
+class Updates:
+    """AdamW and its schedule over the parameters a side trains; nothing to do where it trains
+    none (a side whose modules are all frozen still passes gradients on)."""
+
+    def __init__(self, optim: OptimConfig, params: list[nn.Parameter]):
+        self.optimizer, self.schedule = optim.build(params) if params else (None, None)
+
+    def zero_grad(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.schedule.step()
+
+    def state_dict(self) -> dict | None:
+        if self.optimizer is None:
+            return None
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])

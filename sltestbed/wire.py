@@ -32,7 +32,7 @@ from .scoring import Scores
 class StepMeta:
     """Every request during training and evaluation: where the run is, and what a client needs
     to build its role on first contact (base model, batch size, schedule length; with
-    bits="auto" the widths calibration chose)."""
+    bits="auto" the widths calibration chose; local-loss, the steps of a local round)."""
 
     round: int
     step: int
@@ -40,10 +40,13 @@ class StepMeta:
     batch_size: int
     total_steps: int
     widths: dict[str, int] | None = None
+    local_steps: int = 0
 
     def record(self) -> dict:
         out = {"round": self.round, "step": self.step, "base": self.base, "batch_size": self.batch_size,
                "total_steps": self.total_steps}
+        if self.local_steps:
+            out["local_steps"] = self.local_steps
         out.update({f"{m}_bits": b for m, b in (self.widths or {}).items()})
         return out
 
@@ -51,7 +54,7 @@ class StepMeta:
     def from_record(cls, r: dict) -> "StepMeta":
         widths = {k[: -len("_bits")]: int(v) for k, v in r.items() if k.endswith("_bits")}
         return cls(int(r["round"]), int(r["step"]), str(r["base"]), int(r["batch_size"]), int(r["total_steps"]),
-                   widths or None)
+                   widths or None, int(r.get("local_steps", 0)))
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ class MessageType:
 
 STEP, LOGITS, PART, EVAL, SCORE = "train.step", "train.logits", "query.part", "evaluate.forward", "evaluate.score"
 INFO, CALIBRATE, ECHO, LOCAL, EVAL_LOCAL = "query.info", "query.calibrate", "query.echo", "train.local", "evaluate.local"
-BASE = "query.base"
+BASE, ROUND = "query.base", "train.round"
 STATE, RESTORE = "query.state", "train.restore"  # checkpoints: outside the protocol, never in the ledger
 PENDING = ("grads", "part")  # what waits for a client rides with its next role message
 MESSAGES: dict[str, MessageType] = {m.name: m for m in (
@@ -213,6 +216,8 @@ MESSAGES: dict[str, MessageType] = {m.name: m for m in (
                 note="bits=auto: the entropy report"),
     MessageType(ECHO, ("echo",), ("echo",), "_echo", request_meta=EchoRequest, note="round-trip benchmark"),
     MessageType(STEP, PENDING, ("acts", "batch"), "_step", role=True, saves_role=True),
+    MessageType(ROUND, PENDING, ("acts", "batch"), "_round", reply_meta=LocalResult, role=True, saves_role=True,
+                note="local-loss: a round's local steps, its activations up in one message"),
     MessageType(LOGITS, ("logits", "hidden"), ("loss",), "_logits", role=True, saves_role=True,
                 note="labels at the client; U-shaped"),
     MessageType(PART, PENDING, ("part",), "_part", role=True, saves_role=True, note="client part up"),

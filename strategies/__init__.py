@@ -4,13 +4,14 @@ strategy talks to its clients through a `Transport` (`transport.py`)."""
 from .checkpoint import Checkpoints
 from .strategy import RunStopped
 from .fedavg import FedAvgStrategy
+from .local_loss import LocalLossStrategy
 from .parallel import ParallelStrategy
 from .sequential import SequentialStrategy, SplitFedV2Strategy
 from .setup import RunSetup, prepare_run
 from .splitfed import SplitFedV1Strategy
 
 STRATEGY_CLASSES = {cls.name: cls for cls in (SequentialStrategy, SplitFedV1Strategy, SplitFedV2Strategy,
-                                              ParallelStrategy, FedAvgStrategy)}
+                                              ParallelStrategy, LocalLossStrategy, FedAvgStrategy)}
 
 
 def make_strategy(setup: RunSetup, transport, log=print):

@@ -13,7 +13,7 @@ from sltestbed.wire import Content, EchoRequest
 
 def roundtrip_benchmark(strategy, n: int) -> dict:
     """{"step_median_s", "bare_roundtrip_median_s", "ratio", ...} for a strategy that has trained."""
-    steps = [r for r in strategy.transport.ledger.rows if r.message_type == wire.STEP and r.round >= 1]
+    steps = [r for r in strategy.transport.ledger.rows if r.message_type == strategy.step_message and r.round >= 1]
     clients = sorted({r.client for r in steps})
     nodes = [c.node_id for c in strategy.clients if c.partition in clients] or [c.node_id for c in strategy.clients]
     per_message = {}

@@ -16,7 +16,7 @@ import torch
 from sltestbed import wire
 from sltestbed.label_protocol import label_protocol
 from sltestbed.privacy import Observation, ObservedBatch
-from sltestbed.roles import BatchCursor
+from sltestbed.trainer import BatchCursor
 from sltestbed.splits import client_data
 
 

@@ -124,6 +124,7 @@ class Strategy:
 
     name = "base"
     node_roles = True  # the nodes hold roles whose state a checkpoint keeps (FedAvg's hold none)
+    step_message = wire.STEP  # the message of a training step (what the round-trip benchmark times)
     # what a client needs to build its role on first contact: its batch size and the length of
     # its learning-rate schedule (subclasses set both)
     client_batch: int = 1

@@ -135,13 +135,23 @@ def test_fedavg_moves_the_whole_model_both_ways_and_splitfed_the_client_parts():
 @pytest.mark.parametrize("strategy", comm_model.SPLIT_STRATEGIES)
 def test_at_the_crossover_split_and_fedavg_send_the_same_bytes(strategy):
     n = comm_model.crossover_samples(strategy, WORKLOAD, clients=4, activation_bits=3)
-    split = (4 * n * comm_model.bytes_per_sample(WORKLOAD, 3)
+    split = (4 * n * comm_model.bytes_per_sample(WORKLOAD, 3, strategy=strategy)
              + comm_model.weight_bytes_per_round(strategy, WORKLOAD, 4))
     assert math.isclose(split, comm_model.weight_bytes_per_round("fedavg", WORKLOAD, 4), rel_tol=1e-12)
     # and the exact count agrees with the continuous form up to the payloads' last bytes
     rnd = Round(samples_per_client=round(n), clients=4, batch_size=round(n) * 4, activation_bits=3)
     assert abs(comm_model.total_bytes(strategy, WORKLOAD, rnd) - comm_model.total_bytes("fedavg", WORKLOAD, rnd)) \
-        <= 4 * (comm_model.bytes_per_sample(WORKLOAD, 3) + 8)
+        <= 4 * (comm_model.bytes_per_sample(WORKLOAD, 3, strategy=strategy) + 8)
+
+
+def test_local_loss_sends_the_rounds_activations_and_labels_up_and_nothing_down():
+    rnd = Round(samples_per_client=100, clients=4, batch_size=64, activation_bits=2)
+    local, parallel = (comm_model.round_bytes(s, WORKLOAD, rnd) for s in ("local-loss", "parallel"))
+    assert local[("up", "activations")] == 4 * (700 * 100 * 2 // 8 + 100 * 100 * 2 // 8)  # one payload each
+    assert local[("up", "labels")] == parallel[("up", "labels")]
+    assert local[("down", "gradients")] == local[("down", "model")] == local[("up", "model")] == 0
+    assert comm_model.payload_overheads("local-loss", WORKLOAD, rnd) == {
+        ("up", "activations"): 4 * 2 * comm_model.CODEC_HEADER_BYTES, ("down", "gradients"): 0}
 
 
 def test_crossover_model_size_is_where_fedavg_catches_up():

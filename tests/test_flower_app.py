@@ -82,6 +82,19 @@ def test_parallel_run_writes_results_and_counts_every_byte(link, tmp_path):
     assert summary["bytes"] == report.ledger.totals()
 
 
+def test_local_loss_through_flower_sends_one_message_a_round_and_no_gradient(link, tmp_path):
+    result, out = run(link, tmp_path, strategy="local-loss", **{"num-rounds": 2})
+    assert result.ok, result.describe()
+    summary, ledger, metrics = results(out)
+    assert [int(m["round_trips"]) for m in metrics] == [2, 2]  # the round's training message, its evaluation
+    training = {(r["round"], r["client"]) for r in ledger if r["message_type"] == "train.round"}
+    assert training == {(str(rnd), str(k)) for rnd in (1, 2) for k in (0, 1)}
+    assert "gradients" not in summary["bytes"]["down"] and summary["bytes"]["up"]["activations"]["ideal"] > 0
+    report, _ = run_in_process({**TINY, "num-rounds": 2, "strategy": "local-loss"})
+    assert [(float(m["loss"]), float(m["accuracy"])) for m in metrics] == [(r.loss, r.accuracy) for r in report.rounds]
+    assert summary["bytes"] == report.ledger.totals()
+
+
 def test_a_reply_that_never_comes_is_dropped_and_the_run_finishes(link, tmp_path):
     result, out = run(link, tmp_path, fault="stall:1:1:1", **{"step-timeout": 4.0})
     assert result.ok, result.describe()

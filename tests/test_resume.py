@@ -55,6 +55,7 @@ def killed_and_resumed(tmp_path, cfg: dict, dies_after: int = 2):
     ("sequential", {"quantizer": "learned", "bits": 1}),
     ("splitfed-v2", {"quantizer": "fp32", "fraction": 0.5}),
     ("fedavg", {"quantizer": "fp32"}),
+    ("local-loss", {"quantizer": "learned", "bits": 2}),
 ])
 def test_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path, strategy, keys):
     cfg = {**RUN, "strategy": strategy, **keys}

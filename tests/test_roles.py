@@ -7,7 +7,8 @@ import torch
 from sltestbed.data import VQACollator, build_tokenizer, make_digits_vqa
 from sltestbed.model import TinyLlava, preset
 from sltestbed.averaging import fedavg
-from sltestbed.roles import BatchCursor, ClientRole, ServerRole
+from sltestbed.roles import ClientRole, ServerRole
+from sltestbed.trainer import BatchCursor
 from sltestbed.trainer import MODULE_GROUPS, OptimConfig, Stage, TensorData, train_stage
 
 BATCH, LR, SEED = 32, 3e-3, 5

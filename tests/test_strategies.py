@@ -43,6 +43,10 @@ def test_every_strategy_trains_and_counts_its_messages(runs, name):
     kinds = {(r.direction, r.kind) for r in report.ledger.rows}
     if name == "fedavg":
         assert {("up", "model"), ("down", "model")} <= kinds and ("up", "activations") not in kinds
+    elif name == "local-loss":  # the round's activations and labels up in one message; nothing comes down
+        assert {("up", "activations"), ("up", "labels")} <= kinds
+        assert not kinds & {("down", "gradients"), ("up", "model"), ("down", "model")}
+        assert len(rows(report, message_type=wire.ROUND, direction="up", kind="activations")) == 2 * 2  # 2 modalities
     else:
         assert {("up", "activations"), ("down", "gradients"), ("up", "labels")} <= kinds
         # hand-off or averaging of client parts; parallel's clients never synchronise
@@ -422,3 +426,11 @@ def test_tensorboard_gets_every_step_and_round(tmp_path):
         mean = sum(e.value for e in steps[k * per_round:(k + 1) * per_round]) / per_round
         assert mean == pytest.approx(record.loss, rel=1e-5)
     assert scalar_writer(ExperimentConfig.from_run_config({}), str(tmp_path)) is None  # off by default
+
+
+@pytest.mark.parametrize("overrides, named", [({"labels": "client"}, "labels = 'client'"),
+                                              ({"labels": "u-shaped"}, "labels = 'u-shaped'"),
+                                              ({"attack": "all"}, "attack = 'all'")])
+def test_local_loss_refuses_what_it_cannot_do_by_name(overrides, named):
+    with pytest.raises(ValueError, match=f"strategy 'local-loss' needs labels = 'server'.*{named}"):
+        ExperimentConfig.from_run_config({**TINY, "strategy": "local-loss", **overrides})

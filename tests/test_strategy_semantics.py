@@ -15,6 +15,7 @@ from sltestbed.experiment import ExperimentConfig
 from sltestbed.averaging import fedavg, model_weights
 from sltestbed.label_protocol import LABELS, label_protocol
 from sltestbed.model import ClientPart, ServerPart
+from sltestbed.quantizers import dequantize
 from sltestbed.roles import ClientRole, ServerRole
 from sltestbed.splits import client_data, vocab_size
 from sltestbed.trainer import OptimConfig, Stage, train_stage
@@ -127,6 +128,38 @@ def test_splitfed_v1_averages_client_parts_and_server_copies():
     assert_same(ServerPart(report.model, cfg.cut_layers), srv.part)
     clients[0].load_part_state(client_avg)
     assert_same(ClientPart(report.model, cfg.cut_layers), clients[0].part)
+
+
+def test_local_loss_trains_each_client_on_its_own_head_and_the_server_on_what_came_up():
+    cfg, data, new_model = setup("local-loss")
+    report, transport = run_locally({**CONFIG, "strategy": "local-loss"})
+    b = math.ceil(cfg.batch_size / 2)
+    steps = math.ceil(sum(len(d) for d in data) / 2 / b)
+    clients = [ClientRole(new_model(), cfg.cut_layers, data[k], batch_size=b, seed=cfg.seed + k,
+                          optim=OptimConfig(cfg.lr, steps), trainable=cfg.modules,
+                          distortion_weight=cfg.distortion_weight, local_head=True, seed_head=cfg.seed)
+               for k in range(2)]
+    srv = server(cfg, new_model(), steps)
+    uploads = [c.local_round(steps) for c in clients]  # each client alone, on its own head's loss
+    for s in range(steps):  # then the server: step s joins each client's s-th batch of the upload
+        values, lengths, labels = [], [], []
+        for _, acts, y in uploads:
+            rows = slice(s * b, (s + 1) * b)
+            n = acts.lengths[rows]
+            v = {m: dequantize(p)[rows] for m, p in acts.payloads.items()}
+            values.append({"image": v["image"], "text": v["text"][:, : int(n.max())]})
+            lengths.append(n)
+            labels.append(y[rows])
+        srv.train_on(values, lengths, labels)
+    assert_same(ServerPart(report.model, cfg.cut_layers), srv.part)
+    assert_same(ClientPart(report.model, cfg.cut_layers), clients[0].part)  # partition 0's own part
+    # one training message per client in the round, and no gradient ever came down
+    training = [(node, mtype) for rnd, _, node, mtype in transport.sent if rnd == 1 and mtype.startswith("train.")]
+    assert sorted(m for _, m in training) == [wire.ROUND] * 2 and len({n for n, _ in training}) == 2
+    # the local head is the client's: seeded alike on both, trained apart, in no model
+    heads = [dict(c.local.named_parameters()) for c in clients]
+    assert any(not torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    assert not any(k.startswith("local") for k in report.model.state_dict())
 
 
 def splitfed_v2_order(seed):
