@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--supernodes", type=int, default=2)
     parser.add_argument("--paths", default=",".join(PATHS), help=f"a comma-separated choice of {', '.join(PATHS)}")
     parser.add_argument("overrides", nargs="*", help="run-config key=value pairs")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = [p for p in paths if p not in PATHS]
     if unknown or not paths:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-address", help="attach the simulation to this Ray cluster (host:port of its head; "
                                               "the cluster's nodes decide the CPUs and GPUs)")
     parser.add_argument("overrides", nargs="*", help="run-config key=value pairs")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     app_dir = Path(__file__).resolve().parent.parent
     cfg = parse_overrides(args.overrides)
     here = Path.cwd()

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="points whose directory holds a run of another config: move it aside and run again "
                              "(without this flag the sweep refuses)")
     parser.add_argument("overrides", nargs="*", help="run-config key=value pairs for every point")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.file and "=" in args.file and not os.path.exists(args.file):  # no file: the first override
         args.overrides.insert(0, args.file)
         args.file = None

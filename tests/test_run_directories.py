@@ -123,6 +123,9 @@ def test_a_killed_point_resumes_and_a_checkpoint_of_another_config_is_refused(tm
     assert sweep.main([f"{k}={v}" for k, v in {**TINY, "num-rounds": 3}.items()] + ["--out", str(tmp_path),
                                                                                      "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("to run (resumes after round 2) " + name)
+    keys = [f"{k}={v}" for k, v in {**TINY, "num-rounds": 3}.items()]  # keys on both sides of the flags
+    assert sweep.main(keys[:1] + ["--out", str(tmp_path), "--dry-run"] + keys[1:]) == 0
+    assert capsys.readouterr().out.startswith("to run (resumes after round 2) " + name)
 
 
 def test_a_typo_is_named_before_torch_loads():
