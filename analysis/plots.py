@@ -29,8 +29,10 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
     fig.tight_layout()
+    # with what lies outside the axes (legends below), those left out of the layout too
+    extra = [a.get_legend() for a in fig.axes if a.get_legend() is not None] + list(fig.legends)
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")  # with what lies outside the axes (legends below)
+        fig.savefig(path, dpi=150, bbox_inches="tight", bbox_extra_artists=fig.get_default_bbox_extra_artists() + extra)
     plt.close(fig)
     return paths
 
@@ -149,7 +151,8 @@ def accuracy_vs_bits(table: pd.DataFrame, per_run: pd.DataFrame, runs: list[Run]
     ax_d.set_title("Cost of the bits: paired with fp32 by seed (bars: 95% t CI)")
     for a in (ax, ax_d) if paired else (ax,):  # below the panels: inside, they hide the lower widths' points
         if a.get_legend_handles_labels()[0]:
-            a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8)
+            # out of tight_layout (which would flatten the panels to make room), in the saved figure
+            a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8).set_in_layout(False)
     fig.suptitle(_title(f"Accuracy vs bits at the cut ({_task(runs)})", note))
     return _save(fig, out_dir, stem)
 
@@ -230,14 +233,18 @@ def accuracy_vs_bytes(runs: list[Run], out_dir: Path, note: str = "", stem: str 
     for ax, what in zip(axes, ("sent up, client to server", "sent up + down")):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # within a decade
+        # within a decade: 2 and 5 times its start labelled, the rest would run into each other
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""))
         ax.set_xlabel(f"cumulative MB {what} (whole messages, log scale)")
         ax.grid(alpha=0.3, which="both")
     _fraction_limits(axes[0])
     axes[0].set_ylabel("test accuracy (exact match, fraction)")
     axes[0].set_title("Accuracy vs bytes up (what the quantizer at the cut sets)")
     axes[1].set_title("Accuracy vs all bytes, up + down")
-    axes[1].legend(fontsize=8, ncol=2, loc="lower right")
+    # below the panels (inside, it hid the cheapest runs' points), out of tight_layout's way
+    fig.legend(*axes[1].get_legend_handles_labels(), fontsize=8, ncol=3, loc="upper center",
+               bbox_to_anchor=(0.5, 0.0)).set_in_layout(False)
     fig.suptitle(_title(f"Accuracy vs bytes sent ({_task(runs)}; a point per round: mean over seeds, "
                         "bars: 95% t CI)", note))
     return _save(fig, out_dir, stem)

@@ -666,7 +666,7 @@ def test_figures_draw_the_intervals_with_titles_units_and_legends(runs_dir, monk
             assert "(" in fig.axes[0].get_ylabel()  # the unit, in brackets
             for ax in fig.axes:
                 assert "(" in ax.get_xlabel() and ax.get_title()
-            assert any(ax.get_legend() is not None for ax in fig.axes)
+            assert any(ax.get_legend() is not None for ax in fig.axes) or fig.legends
         accuracy, paired = figures["accuracy_vs_bits"].axes
         assert "fraction" in accuracy.get_ylabel() and "percentage points" in paired.get_ylabel()
         bars = {c.get_label(): c for c in accuracy.containers}
