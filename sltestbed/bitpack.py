@@ -64,9 +64,12 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     # three steps (byte pairs, then 16-bit pairs, then 32-bit pairs), which leaves the 8 codes
     # in the low 8 b bits: the group's b bytes, little-endian
     v = flat.contiguous() if n % 8 == 0 else torch.nn.functional.pad(flat, (0, (-n) % 8))
-    w = v.view(torch.int64)
-    for gap, low, high in _swar_steps(bits):
-        w = (w & low) | ((w >> gap) & high)
+    w = v.view(torch.int64)  # may share the caller's codes: read only
+    out, high_half = torch.empty_like(w), torch.empty_like(w)
+    for gap, low, high in _swar_steps(bits):  # in place, into two buffers (a fresh tensor per op costs more)
+        torch.bitwise_right_shift(w, gap, out=high_half).bitwise_and_(high)
+        torch.bitwise_and(w, low, out=out).bitwise_or_(high_half)
+        w = out
     return w.view(torch.uint8).view(-1, 8)[:, :bits].reshape(-1)[: packed_size(n, bits)].contiguous()
 
 
@@ -87,9 +90,11 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     raw = torch.zeros(groups, 8, dtype=torch.uint8, device=packed.device)
     raw[:, :bits] = torch.nn.functional.pad(packed, (0, groups * bits - packed.numel())).view(groups, bits)
     w = raw.view(torch.int64).view(-1)
-    for gap, low, high in reversed(list(_swar_steps(bits))):  # spread the codes back, one per byte
-        w = (w & low) | ((w & high) << gap)
-    return (w.view(torch.uint8) & mask).reshape(-1)[:n]
+    high_half = torch.empty_like(w)
+    for gap, low, high in reversed(list(_swar_steps(bits))):  # spread the codes back, one per byte, in place
+        torch.bitwise_and(w, high, out=high_half).bitwise_left_shift_(gap)
+        w.bitwise_and_(low).bitwise_or_(high_half)
+    return w.view(torch.uint8).bitwise_and_(mask).reshape(-1)[:n]
 
 
 def _little_endian(device) -> bool:

@@ -77,7 +77,9 @@ def assert_same_payload(a, b):
 def test_pack_round_trip_and_size(bits):
     for n in [1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 1001]:
         codes = torch.randint(0, 2**bits, (n,), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+        before = codes.clone()
         packed = bitpack.pack(codes, bits)
+        assert torch.equal(codes, before), n  # the caller's codes are read, never written
         assert packed.numel() == math.ceil(n * bits / 8), n
         assert torch.equal(bitpack.unpack(packed, bits, n), codes), n
         spare = n * bits % 8
