@@ -227,9 +227,9 @@ class ExperimentConfig:
             at_least(key, getattr(self, key.replace("-", "_")), 1)
         if self.attack != "none" and self.strategy == "fedavg":
             raise ValueError("run config 'attack' attacks what crosses the cut; strategy 'fedavg' has no cut")
-        if self.strategy == "local-loss" and (label_protocol(self.labels).private or self.attack != "none"):
-            raise ValueError(f"strategy 'local-loss' needs labels = 'server' (they come up with the activations) and "
-                             f"attack = 'none' (no step to attack), not labels = {self.labels!r}, attack = {self.attack!r}")
+        if self.strategy == "local-loss" and label_protocol(self.labels).private:
+            raise ValueError(f"strategy 'local-loss' needs labels = 'server': the server trains on the labels that "
+                             f"come up with the round's activations (not labels = {self.labels!r})")
         if self.fault:
             self.fault_spec  # parses, or raises naming the key
         check_dataset(self.dataset)

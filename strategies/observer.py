@@ -7,13 +7,18 @@ labels; or the logits the server sent and d loss / d logits; or, U-shaped, the h
 and its gradient). Nothing is asked of the clients: to score an attack, the rows of each kept
 batch are recomputed from the client's seeded batch order (the server knows every client's
 seed, data size and batch size) and checked against the question lengths that came with it.
+Local-loss split learning sends a round's activations in one message: each client batch of it
+is a candidate, as a step's would be (its values dequantized from the round's payload).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from sltestbed import wire
+from sltestbed.quantizers import dequantize
 from sltestbed.label_protocol import label_protocol
 from sltestbed.privacy import Observation, ObservedBatch
 from sltestbed.trainer import BatchCursor
@@ -29,6 +34,7 @@ class Observer:
         for c in sorted(clients, key=lambda c: c.partition):
             self.offset[c.node_id], total = total, total + c.train_size
         self.cursors = {c.node_id: BatchCursor(c.train_size, batch_size, cfg.seed + c.partition) for c in clients}
+        self.batch_size = batch_size
         self.slots = max(1, cfg.attack_samples // batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.seen = 0  # candidate batches so far
@@ -56,13 +62,17 @@ class Observer:
     def exchanged(self, rnd: int, step: int, requests: dict, replies: dict) -> None:
         """Every exchange of the strategy: training steps' activations (and, with the labels at
         the client, the server's output and the gradient that came back) are what it keeps."""
-        for node, (mtype, _) in requests.items():
+        for node, (mtype, request) in requests.items():
             if mtype == wire.STEP:
                 self.sent(node)
+            elif mtype == wire.ROUND:  # the round's batches, drawn one after another
+                self.rows[node] = torch.cat([self.cursors[node].next() for _ in range(request.meta.local_steps)])
         for node, reply in replies.items():  # partition order
             mtype, request = requests[node]
             if mtype == wire.STEP:
                 self.received(rnd, step, node, reply)
+            elif mtype == wire.ROUND:
+                self.received_round(rnd, node, reply)
             elif mtype == wire.LOGITS:
                 self.answered(rnd, step, node, getattr(request, self.labels.output), reply.loss.grad)
 
@@ -70,12 +80,26 @@ class Observer:
         """A training step was requested of `node`: it draws its next batch."""
         self.rows[node] = self.cursors[node].next()
 
-    def received(self, rnd: int, step: int, node: int, content) -> None:
-        """`node`'s activations of this step came in (labels at the server, its labels too)."""
+    def received_round(self, rnd: int, node: int, content) -> None:
+        """Local-loss: `node`'s round of activations came in; each client batch of it is a
+        candidate, its values sliced from the round's dequantized payload."""
+        if rnd != self.cfg.num_rounds:
+            return
+        values = {m: dequantize(p) for m, p in content.acts.items()}
+        b, rows = self.batch_size, self.rows[node]
+        for step, start in enumerate(range(0, len(rows), b)):
+            part = slice(start, start + b)
+            batch = wire.Batch(content.batch.lengths[part], content.batch.labels[part])
+            self.received(rnd, step, node, SimpleNamespace(acts={m: v[part] for m, v in values.items()}, batch=batch),
+                          rows[part])
+
+    def received(self, rnd: int, step: int, node: int, content, rows: torch.Tensor | None = None) -> None:
+        """`node`'s activations of this step came in (labels at the server, its labels too);
+        `rows`: their rows (default: the step's batch drawn when it was requested)."""
         if rnd != self.cfg.num_rounds:
             return
         c = self.clients[node]
-        rows = self.rows[node]
+        rows = self.rows[node] if rows is None else rows
         true_lengths = client_data(self.cfg, c.partition, c.num_partitions)[0].lengths[rows]
         if not torch.equal(true_lengths, content.batch.lengths):
             self.mismatched += 1

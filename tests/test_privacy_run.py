@@ -101,3 +101,19 @@ def test_attack_settings_are_checked():
         ExperimentConfig.from_run_config({"attack": "inversion", "strategy": "fedavg"})
     with pytest.raises(ValueError, match="'public-size'"):
         ExperimentConfig.from_run_config({"attack": "inversion", "public-size": 0})
+
+
+def test_local_loss_is_attacked_on_its_rounds_client_batches():
+    """Local-loss sends a round's activations in one message: the server keeps client batches of
+    it (values sliced from the round's payload), named by their rows, and attacks them."""
+    report, _ = run_in_process({**CONFIG, "strategy": "local-loss"})
+    observation = report.observation
+    batch = 32  # parallel's client batch: ceil(64 / 2)
+    assert len(observation.batches) == CONFIG["attack-samples"] // batch
+    truth = after_training.client_truth(report.cfg, report.clients)
+    for b in observation.batches:
+        assert len(b) <= batch and torch.equal(truth.lengths[b.indices], b.lengths)
+        assert torch.equal(truth.labels[b.indices], b.labels)  # labels at the server: they came up with them
+    levels = report.privacy["levels"]
+    assert {"public-base", "trained-quantizer"} <= set(levels) and "white-box" not in levels  # no part ever sent
+    assert levels["public-base"]["attacks"]["learned-inversion"]["samples"] == len(observation)
