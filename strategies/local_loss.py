@@ -19,6 +19,7 @@ the evaluation) instead of one a step.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from sltestbed import wire
 from sltestbed.quantizers import dequantize
@@ -35,28 +36,35 @@ class LocalLossStrategy(ParallelStrategy):
     step_message = wire.ROUND  # what the round-trip benchmark times as a step: the round's one exchange
 
     def meta(self, round: int, step: int) -> StepMeta:
-        meta = super().meta(round, step)
-        return StepMeta(meta.round, meta.step, meta.base, meta.batch_size, meta.total_steps, meta.widths,
-                        local_steps=self.steps_per_round)
+        return replace(super().meta(round, step), local_steps=self.steps_per_round)
 
     def train_round(self, rnd: int) -> dict:
         started = time.perf_counter()
         requests = {c.node_id: self.outbox.request(c.node_id, wire.ROUND) for c in self.sample()}
         replies = self.refuse_bad_activations(self.exchange(requests, rnd, 0), rnd, 0, wire.ROUND,
                                               lambda node: self.server, self.steps_per_round * self.client_batch)
-        uploads = {node: ({m: dequantize(p) for m, p in r.acts.items()}, r.batch) for node, r in replies.items()}
-        b, losses = self.client_batch, []
+        uploads = [({m: dequantize(p) for m, p in r.acts.items()}, r.batch) for r in replies.values()]
+        losses = []
         for step in range(self.steps_per_round):
-            rows = {n: slice(step * b, (step + 1) * b) for n, (_, batch) in uploads.items()
-                    if step * b < len(batch.lengths)}
-            if not rows:
+            batches = [self.step_batch(values, batch, step) for values, batch in uploads]
+            batches = [b for b in batches if b is not None]
+            if not batches:
                 break
-            lengths = [uploads[n][1].lengths[r] for n, r in rows.items()]
-            values = [{m: v[r][:, : int(n_.max())] if m == "text" else v[r] for m, v in uploads[n][0].items()}
-                      for (n, r), n_ in zip(rows.items(), lengths)]
-            labels = [uploads[n][1].labels[r] for n, r in rows.items()]
-            losses.append(self.server.train_on(values, lengths, labels))
-            self._progress(rnd, losses[-1], sum(len(x) for x in lengths))
+            values, lengths, labels = zip(*batches)
+            losses.append(self.server.train_on(list(values), list(lengths), list(labels)))
+            self._progress(rnd, losses[-1], sum(len(n) for n in lengths))
         self.step_seconds.append(time.perf_counter() - started)
-        local = [r.meta.loss for r in replies.values()]
-        return {"loss": self.mean(losses), "local_loss": self.mean(local)}
+        if replies:
+            self.log(f"round {rnd}/{self.cfg.num_rounds}: the clients' local loss "
+                     f"{self.mean(r.meta.loss for r in replies.values()):.4f}")
+        return {"loss": self.mean(losses)}
+
+    def step_batch(self, values: dict, batch, step: int):
+        """A client's batch of server step `step` from its round's upload: (values per modality,
+        the question text cut to the batch's longest question; lengths; labels), None past its end."""
+        rows = slice(step * self.client_batch, (step + 1) * self.client_batch)
+        lengths = batch.lengths[rows]
+        if not len(lengths):
+            return None
+        cut = {m: v[rows][:, : int(lengths.max())] if m == "text" else v[rows] for m, v in values.items()}
+        return cut, lengths, batch.labels[rows]
