@@ -8,7 +8,7 @@ and its gradient). Nothing is asked of the clients: to score an attack, the rows
 batch are recomputed from the client's seeded batch order (the server knows every client's
 seed, data size and batch size) and checked against the question lengths that came with it.
 Local-loss split learning sends a round's activations in one message: each client batch of it
-is a candidate, as a step's would be (its values dequantized from the round's payload).
+is a candidate, as a step's would be (`rows_of`: its rows of the round's payload).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 
 from sltestbed import wire
-from sltestbed.quantizers import dequantize
+from sltestbed.quantizers import Field, Payload, dequantize
 from sltestbed.label_protocol import label_protocol
 from sltestbed.privacy import Observation, ObservedBatch
 from sltestbed.trainer import BatchCursor
@@ -85,12 +85,12 @@ class Observer:
         candidate, its values sliced from the round's dequantized payload."""
         if rnd != self.cfg.num_rounds:
             return
-        values = {m: dequantize(p) for m, p in content.acts.items()}
         b, rows = self.batch_size, self.rows[node]
         for step, start in enumerate(range(0, len(rows), b)):
             part = slice(start, start + b)
-            batch = wire.Batch(content.batch.lengths[part], content.batch.labels[part])
-            self.received(rnd, step, node, SimpleNamespace(acts={m: v[part] for m, v in values.items()}, batch=batch),
+            lengths = content.batch.lengths[part]
+            acts = {m: rows_of(p, part, int(lengths.max()) if m == "text" else None) for m, p in content.acts.items()}
+            self.received(rnd, step, node, SimpleNamespace(acts=acts, batch=wire.Batch(lengths, content.batch.labels[part])),
                           rows[part])
 
     def received(self, rnd: int, step: int, node: int, content, rows: torch.Tensor | None = None) -> None:
@@ -130,3 +130,17 @@ class Observer:
         if not batches:
             return None
         return Observation(batches, self.cfg.quantizer, dict(self.cfg.widths), self.cfg.labels)
+
+
+def rows_of(payload: Payload, rows: slice, tokens: int | None = None) -> Payload | torch.Tensor:
+    """The rows `rows` of a payload (its first `tokens` tokens only, if given), as a payload
+    where its one field holds a code or value per element (learned, fsq, the float formats: the
+    information ceiling then counts exactly what a step's payload would carry); otherwise (side
+    information shared across rows) their dequantized values."""
+    if len(payload.fields) != 1 or payload.fields[0].numel != payload.numel:
+        values = dequantize(payload)[rows]
+        return values if tokens is None else values[:, :tokens]
+    field = payload.fields[0]
+    data = field.data.reshape(payload.shape)[rows]
+    data = (data if tokens is None else data[:, :tokens]).contiguous()
+    return Payload(payload.scheme, payload.bits, tuple(data.shape), (Field(data, field.bits),), payload.params)

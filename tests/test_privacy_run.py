@@ -114,6 +114,22 @@ def test_local_loss_is_attacked_on_its_rounds_client_batches():
     for b in observation.batches:
         assert len(b) <= batch and torch.equal(truth.lengths[b.indices], b.lengths)
         assert torch.equal(truth.labels[b.indices], b.labels)  # labels at the server: they came up with them
+        image, text = b.payloads["image"], b.payloads["text"]  # payloads, so the ceiling counts their codes
+        assert image.shape[0] == text.shape[0] == len(b) and text.shape[1] == int(b.lengths.max())
     levels = report.privacy["levels"]
     assert {"public-base", "trained-quantizer"} <= set(levels) and "white-box" not in levels  # no part ever sent
     assert levels["public-base"]["attacks"]["learned-inversion"]["samples"] == len(observation)
+
+
+@pytest.mark.parametrize("scheme, bits", [("learned", 2), ("fp32", 32), ("uniform", 2)])
+def test_rows_of_a_payload_are_the_rows_of_its_values(scheme, bits):
+    from sltestbed.quantizers import Payload, build_quantizer, dequantize
+    from strategies.observer import rows_of
+
+    x = torch.randn(10, 6, 16, generator=torch.Generator().manual_seed(0))
+    payload = build_quantizer(scheme, bits, dim=16)[0].encode(x)
+    part = rows_of(payload, slice(3, 7), tokens=4)
+    expected = dequantize(payload)[3:7, :4]
+    got = dequantize(part) if isinstance(part, Payload) else part
+    assert torch.equal(got, expected)
+    assert isinstance(part, Payload) == (scheme != "uniform")  # uniform's scales are the whole payload's
