@@ -21,7 +21,7 @@ def test_the_ratio_is_the_step_median_over_the_bare_round_trip_median(monkeypatc
     strategy = SimpleNamespace(
         transport=SimpleNamespace(ledger=ledger), clients=[SimpleNamespace(node_id=7, partition=0),
                                                            SimpleNamespace(node_id=8, partition=1)],
-        cfg=SimpleNamespace(labels="client"), step_seconds=[9.0, 9.0, 0.5, 0.7, 0.6, 0.9],
+        cfg=SimpleNamespace(labels="client"), step_seconds=[9.0, 9.0, 0.5, 0.7, 0.6, 0.9], step_message=wire.STEP,
         exchange=lambda requests, rnd, step, account: sent.append((requests, account)) or {})
     out = benchmark.roundtrip_benchmark(strategy, 3)
     # steps: the first 3 left out, then the upper median of 0.6, 0.7, 0.9 -> 0.7; round trips: median 0.2
