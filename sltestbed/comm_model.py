@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 SPLIT_STRATEGIES = ("sequential", "splitfed-v1", "splitfed-v2", "parallel", "local-loss")
 ONE_MESSAGE_A_ROUND = ("local-loss",)  # the round's activations in one payload, no gradients down
+UNSYNCHRONISED = ("parallel", "local-loss")  # client batches of B / K; the client parts never exchanged
 STRATEGIES = SPLIT_STRATEGIES + ("fedavg",)
 CODEC_HEADER_BYTES = 38  # `sltestbed.codec.header_size(3, 0, 1)`: a 3-D payload, no parameters, one field
 MAX_BITS = 32
@@ -112,7 +113,7 @@ class Round:
             _check_bits(name, getattr(self, name))
 
     def client_batch(self, strategy: str) -> int:
-        return math.ceil(self.batch_size / self.clients) if strategy in ("parallel", "local-loss") else self.batch_size
+        return math.ceil(self.batch_size / self.clients) if strategy in UNSYNCHRONISED else self.batch_size
 
     def batches(self, strategy: str) -> list[int]:
         """Sizes of one client's payloads in a round: its batches (the last one partial), or
@@ -145,7 +146,7 @@ def round_bytes(strategy: str, workload: Workload, rnd: Round) -> dict[tuple[str
                 out[("down", "gradients")] += rnd.clients * _payload_bytes(b * n, rnd.gradient_bits)
         if workload.label_elements:
             out[("up", "labels")] += rnd.clients * _payload_bytes(b * workload.label_elements, rnd.label_bits)
-    if strategy not in ("parallel", "local-loss"):  # K hand-overs (sequential) or K parts averaged (splitfed)
+    if strategy not in UNSYNCHRONISED:  # K hand-overs (sequential) or K parts averaged (splitfed)
         part = _payload_bytes(workload.client_params, rnd.weight_bits)
         out[("up", "model")] = out[("down", "model")] = rnd.clients * part
     return out

@@ -146,6 +146,24 @@ class Batch:
     qtype: torch.Tensor | None = None
 
 
+def client_batches(values: dict, batch: Batch, size: int, take=None):
+    """A round's upload (local-loss: one payload per modality over the round's rows) cut into
+    its client batches of `size` rows, in order: (values per modality, `Batch`), the question
+    text to the batch's longest question. `take(value, rows, tokens)` cuts one modality's value
+    (default: a tensor's rows, then its first `tokens` tokens where given)."""
+    take = take or _tensor_rows
+    for start in range(0, len(batch.lengths), size):
+        rows = slice(start, start + size)
+        lengths = batch.lengths[rows]
+        tokens = int(lengths.max())
+        yield ({m: take(v, rows, tokens if m == "text" else None) for m, v in values.items()},
+               Batch(lengths, None if batch.labels is None else batch.labels[rows]))
+
+
+def _tensor_rows(value: torch.Tensor, rows: slice, tokens: int | None) -> torch.Tensor:
+    return value[rows] if tokens is None else value[rows][:, :tokens]
+
+
 @dataclass(frozen=True)
 class LossReply:
     """Labels at the client: its batch's loss and its gradient w.r.t. what the server sent,

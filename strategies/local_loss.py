@@ -43,28 +43,15 @@ class LocalLossStrategy(ParallelStrategy):
         requests = {c.node_id: self.outbox.request(c.node_id, wire.ROUND) for c in self.sample()}
         replies = self.refuse_bad_activations(self.exchange(requests, rnd, 0), rnd, 0, wire.ROUND,
                                               lambda node: self.server, self.steps_per_round * self.client_batch)
-        uploads = [({m: dequantize(p) for m, p in r.acts.items()}, r.batch) for r in replies.values()]
+        uploads = [list(wire.client_batches({m: dequantize(p) for m, p in r.acts.items()}, r.batch, self.client_batch))
+                   for r in replies.values()]
         losses = []
-        for step in range(self.steps_per_round):
-            batches = [self.step_batch(values, batch, step) for values, batch in uploads]
-            batches = [b for b in batches if b is not None]
-            if not batches:
-                break
-            values, lengths, labels = zip(*batches)
-            losses.append(self.server.train_on(list(values), list(lengths), list(labels)))
-            self._progress(rnd, losses[-1], sum(len(n) for n in lengths))
+        for step in range(max(map(len, uploads), default=0)):
+            values, batches = zip(*(upload[step] for upload in uploads if step < len(upload)))
+            losses.append(self.server.train_on(list(values), [b.lengths for b in batches], [b.labels for b in batches]))
+            self._progress(rnd, losses[-1], sum(len(b.lengths) for b in batches))
         self.step_seconds.append(time.perf_counter() - started)
         if replies:
             self.log(f"round {rnd}/{self.cfg.num_rounds}: the clients' local loss "
                      f"{self.mean(r.meta.loss for r in replies.values()):.4f}")
         return {"loss": self.mean(losses)}
-
-    def step_batch(self, values: dict, batch, step: int):
-        """A client's batch of server step `step` from its round's upload: (values per modality,
-        the question text cut to the batch's longest question; lengths; labels), None past its end."""
-        rows = slice(step * self.client_batch, (step + 1) * self.client_batch)
-        lengths = batch.lengths[rows]
-        if not len(lengths):
-            return None
-        cut = {m: v[rows][:, : int(lengths.max())] if m == "text" else v[rows] for m, v in values.items()}
-        return cut, lengths, batch.labels[rows]

@@ -86,12 +86,8 @@ class Observer:
         if rnd != self.cfg.num_rounds:
             return
         b, rows = self.batch_size, self.rows[node]
-        for step, start in enumerate(range(0, len(rows), b)):
-            part = slice(start, start + b)
-            lengths = content.batch.lengths[part]
-            acts = {m: rows_of(p, part, int(lengths.max()) if m == "text" else None) for m, p in content.acts.items()}
-            self.received(rnd, step, node, SimpleNamespace(acts=acts, batch=wire.Batch(lengths, content.batch.labels[part])),
-                          rows[part])
+        for step, (acts, batch) in enumerate(wire.client_batches(content.acts, content.batch, b, rows_of)):
+            self.received(rnd, step, node, SimpleNamespace(acts=acts, batch=batch), rows[step * b:(step + 1) * b])
 
     def received(self, rnd: int, step: int, node: int, content, rows: torch.Tensor | None = None) -> None:
         """`node`'s activations of this step came in (labels at the server, its labels too);

@@ -122,3 +122,26 @@ def test_the_ledger_adds_up_by_hand():
     with pytest.raises(ValueError, match="kind"):
         ledger.record(round=1, step=0, client=0, direction="up", kind="secrets", elements=1, bits=1,
                       serialized_bytes=1, message_bytes=1)
+
+
+def test_a_round_upload_cuts_into_its_client_batches_alike_as_values_and_as_payloads():
+    """Local-loss's one upload a round: the server trains on it, and the observer keeps it,
+    batch by batch; both cuts must name the same rows and tokens."""
+    from sltestbed.quantizers import dequantize
+    from strategies.observer import rows_of
+
+    encoder, _ = build_quantizer("learned", 2, dim=8)
+    torch.manual_seed(0)
+    lengths, labels = torch.tensor([3, 5, 2, 4, 1]), torch.tensor([0, 1, 2, 3, 4])
+    acts = {"image": encoder.encode(torch.randn(5, 4, 8)), "text": encoder.encode(torch.randn(5, 5, 8))}
+    values = {m: dequantize(p) for m, p in acts.items()}
+    cut = list(wire.client_batches(values, Batch(lengths, labels), 2))
+    kept = list(wire.client_batches(acts, Batch(lengths, labels), 2, rows_of))
+    assert [len(b.lengths) for _, b in cut] == [2, 2, 1]
+    assert [v["text"].shape[1] for v, _ in cut] == [5, 4, 1]  # each batch's longest question
+    assert torch.equal(torch.cat([v["image"] for v, _ in cut]), values["image"])
+    assert torch.equal(torch.cat([b.labels for _, b in cut]), labels)
+    for (v, b), (p, c) in zip(cut, kept):
+        assert torch.equal(b.lengths, c.lengths) and torch.equal(b.labels, c.labels)
+        for m in v:
+            assert isinstance(p[m], type(acts[m])) and torch.equal(dequantize(p[m]), v[m])
