@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +26,11 @@ __test__ = False
 #: Environment variable whose value (a fresh uuid per harness) marks every process started by
 #: one harness instance; cleanup finds stragglers by it.
 HARNESS_TAG_VAR = "SLTESTBED_FLOWER_HARNESS_TAG"
+
+#: How a reaper's guard learns that its harness is gone, even killed by SIGKILL, which no
+#: handler sees: Linux's parent-death signal, set by util-linux's `setpriv` before it executes
+#: the guard (none where `setpriv` is missing).
+PARENT_DEATH_SIGNAL = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 def _proc_table() -> dict[int, tuple[int, int, int, str, int]]:
@@ -94,6 +101,11 @@ class ProcessReaper:
     (which catches orphans re-parented to init), (c) any process whose environment has the
     tag. It sends SIGTERM, waits ``term_timeout`` s, then SIGKILL. Only processes found
     this way are signalled, never by name.
+
+    With its first process it starts a guard (`guard`): should the thread that started it
+    die without ``stop`` (the harness killed by SIGKILL), the guard stops every process
+    carrying the tag, so a killed launch or sweep leaves no SuperLink, simulation or Ray
+    process behind. ``stop`` ends the guard first.
     """
 
     def __init__(self, tag: str) -> None:
@@ -104,6 +116,7 @@ class ProcessReaper:
         self._sids: set[int] = set()
         #: every harness process ever seen: pid -> start time (to survive pid reuse)
         self.seen: dict[int, int] = {}
+        self._guard: subprocess.Popen[bytes] | None = None
 
     def spawn(self, cmd: list[str], *, env: Mapping[str, str], cwd: str | os.PathLike[str],
               log_path: Path, stderr_path: Path | None = None) -> subprocess.Popen[bytes]:
@@ -117,6 +130,11 @@ class ProcessReaper:
         if stderr_path is not None:
             err = open(stderr_path, "ab")  # pylint: disable=consider-using-with
             self._logs.append(err)
+        if self._guard is None and PARENT_DEATH_SIGNAL:  # untagged, in a session of its own: never a target
+            self._guard = subprocess.Popen(  # pylint: disable=consider-using-with
+                PARENT_DEATH_SIGNAL + [sys.executable, "-S", __file__, "--guard", self.tag],
+                env={k: v for k, v in env.items() if k != HARNESS_TAG_VAR}, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             cmd, env=dict(env), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=out,
             stderr=err, start_new_session=True,
@@ -180,6 +198,9 @@ class ProcessReaper:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, sig)
 
+        if self._guard is not None:
+            self._guard.kill()
+            self._guard.wait()
         targets = self.snapshot()
         signal_all(signal.SIGTERM, targets)
         deadline = time.monotonic() + term_timeout
@@ -292,3 +313,17 @@ class MemoryWatch:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def guard(tag: str) -> None:
+    """A reaper's guard: wait for SIGTERM (the parent-death signal: its harness is gone), then
+    stop every process carrying `tag`."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.sigwait({signal.SIGTERM})
+    ProcessReaper(tag).stop()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--guard"] or len(sys.argv) != 3:
+        sys.exit("usage: processes.py --guard TAG (started by ProcessReaper.spawn)")
+    guard(sys.argv[2])

@@ -10,6 +10,7 @@ run-config ``out-file``. Its ClientApp answers with its node_config partition id
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -321,6 +322,63 @@ def test_the_memory_watch_sums_the_tagged_processes_and_keeps_the_peak(tmp_path)
         assert 250 * 2**20 <= total < 400 * 2**20, total / 2**20
     finally:
         reaper.stop()
+
+
+def test_a_harness_killed_by_sigkill_leaves_none_of_its_processes(tmp_path):
+    """SIGKILL reaches no handler: the reaper's guard still stops what the harness started,
+    its child and the child's own children (before, a killed sweep's SuperLinks, simulations
+    and Ray agents ran on)."""
+    import signal
+    import subprocess
+    import time as _time
+
+    from harness.processes import PARENT_DEATH_SIGNAL
+
+    if not PARENT_DEATH_SIGNAL:
+        pytest.skip("no setpriv on this machine")
+    harness = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+        from pathlib import Path
+        from harness.flower_env import flower_env
+        from harness.processes import HARNESS_TAG_VAR, ProcessReaper
+        tmp = Path({str(tmp_path)!r})
+        env = flower_env(tmp)
+        reaper = ProcessReaper(env[HARNESS_TAG_VAR])
+        proc = reaper.spawn(["sh", "-c", "sleep 61 & echo $! > grandchild; exec sleep 60"], env=env, cwd=tmp,
+                            log_path=tmp / "sleep.log")
+        print(proc.pid, reaper._guard.pid, flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", harness], stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        child, guard = map(int, parent.stdout.readline().split())
+        started = _time.monotonic()
+
+        def ready():  # the child runs its command; the guard waits for its signal (or 2 s, unseen)
+            waiting = "sigtimedwait" in Path(f"/proc/{guard}/wchan").read_text() or _time.monotonic() > started + 2
+            return (Path(f"/proc/{child}/comm").read_text().strip() == "sleep"
+                    and (tmp_path / "grandchild").is_file() and (tmp_path / "grandchild").read_text().endswith("\n")
+                    and waiting)
+
+        while not ready():
+            assert _time.monotonic() < started + 10
+            _time.sleep(0.01)
+        pids = [child, int((tmp_path / "grandchild").read_text())]
+        assert all(pid_alive(p) for p in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = _time.monotonic() + 15
+        while any(pid_alive(p) for p in pids) and _time.monotonic() < deadline:
+            _time.sleep(0.1)
+        assert not [p for p in pids if pid_alive(p)], "outlived their killed harness"
+        assert not pid_alive(guard)  # its work done
+    finally:
+        parent.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_the_latency_benchmark_prints_each_path_and_its_ratio(capsys):
